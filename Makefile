@@ -1,0 +1,37 @@
+# goracs_ray — make demo | make test | make quality | make style
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: venv test demo quality style clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: venv
+	$(PY) -m ruff check goracs_ray tests benchmarks jobs
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) -m goracs_ray.demo
+
+quality: venv
+	$(PY) -m ruff check goracs_ray tests benchmarks jobs
+	$(PY) -m ruff format --check goracs_ray tests benchmarks jobs
+
+style: venv
+	$(PY) -m ruff check --fix goracs_ray tests benchmarks jobs
+	$(PY) -m ruff format goracs_ray tests benchmarks jobs
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,152 @@
+"""Typed configuration helpers: dataclasses from YAML/dicts with unknown keys rejected.
+
+Each stage defines its own frozen-or-plain ``@dataclass`` config (fields with defaults and attribute
+docstrings, cross-field checks in ``__post_init__``). This module turns nested mappings into those
+dataclasses, naming the dotted path of any unknown key or wrongly typed value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ["apply_overrides", "from_dict", "load_yaml", "to_dict"]
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping; raise ValueError naming the file if it is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file `{p}` does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file `{p}` is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file `{p}` must contain a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override `{item}` must look like `section.key=value`")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override `{item}`: `{part}` is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields.
+
+    Raises
+    ------
+    ValueError
+        On unknown keys or values of the wrong type, naming the dotted path (``where``).
+    """
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ValueError(f"`{where or cls.__name__}` must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        path = ", ".join(f"`{_join(where, k)}`" for k in unknown)
+        raise ValueError(
+            f"unknown config key(s) {path}; allowed keys here: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass (nested) → plain JSON/YAML-able dict, enums as their values, paths as str."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ValueError(f"`{where}`: {value!r} fits none of {tp}: {'; '.join(errors)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where=where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in tp)
+            raise ValueError(f"`{where}`: {value!r} is not one of {choices}") from None
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"`{where}` must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        seq = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(seq) if origin is tuple else seq
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"`{where}` must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"`{where}` must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"`{where}` must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"`{where}` must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"`{where}` must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"`{where}` must be a path, got {value!r}")
+        return Path(value)
+    return value

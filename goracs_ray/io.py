@@ -1,0 +1,117 @@
+"""Atomic, self-describing artifacts.
+
+Every stage output is written to ``<path>.part`` and renamed into place only when complete, so a
+crash or a bad input never leaves a half-written artifact where a later stage would read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "atomic_dir",
+    "atomic_file",
+    "read_json",
+    "write_json",
+    "write_parquet",
+]
+
+
+def _prepare_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"`{path}` already exists. Pass --overwrite (overwrite=True) to replace it, "
+            "or choose another output path."
+        )
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary ``<path>.part`` directory that replaces ``path`` on success.
+
+    On any exception the ``.part`` directory is removed and ``path`` is left untouched.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    target = Path(path)
+    _prepare_target(target, overwrite)
+    part = target.with_name(target.name + ".part")
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    try:
+        yield part
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(part, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(part, target)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path that is renamed to ``path`` when the block succeeds."""
+    target = Path(path)
+    _prepare_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        yield part
+        os.replace(part, target)
+    finally:
+        if part.exists():
+            part.unlink()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True) -> Path:
+    """Write ``obj`` as indented JSON, atomically. Returns the final path."""
+    with atomic_file(path, overwrite=overwrite) as part:
+        part.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file written by :func:`write_json`."""
+    return json.loads(Path(path).read_text())
+
+
+def write_parquet(path: str | os.PathLike[str], table: pa.Table, *, overwrite: bool = True) -> Path:
+    """Write a pyarrow table to Parquet atomically. Returns the final path."""
+    with atomic_file(path, overwrite=overwrite) as part:
+        pq.write_table(table, part)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    """Serialise numpy scalars/arrays, paths and enums in JSON artifacts."""
+    import enum
+
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
