@@ -1,0 +1,1 @@
+"""goracs_ray.models."""

@@ -1,0 +1,18 @@
+"""Coreset selection: GORACS (POO + ITRA) and baselines behind one registry. No Ray inside."""
+
+from goracs_ray.select.registry import (
+    available_selectors,
+    get_selector,
+    register_selector,
+    run_selector,
+)
+from goracs_ray.select.types import FeatureTable, Selection
+
+__all__ = [
+    "FeatureTable",
+    "Selection",
+    "available_selectors",
+    "get_selector",
+    "register_selector",
+    "run_selector",
+]
