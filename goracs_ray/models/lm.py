@@ -1,0 +1,165 @@
+"""Load any HF causal LM (tiny or 7B) with an optional peft LoRA adapter, new or from disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "GradTarget",
+    "LoraSettings",
+    "load_causal_lm",
+    "set_trainable",
+    "target_parameter_names",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class GradTarget(str, enum.Enum):
+    """Which LoRA parameters are trainable / have their per-sample gradients measured."""
+
+    LAST_V_LORA_B = "last_v_lora_b"
+    """Only ``layers[-1].self_attn.v_proj.lora_B`` (the reference, METHOD.md §6)."""
+    ALL_LORA = "all_lora"
+    """Every LoRA matrix (lora_A and lora_B of every target module)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters (reference defaults: r 8, α 16, dropout 0.05, q_proj/v_proj)."""
+
+    r: int = 8
+    """Rank."""
+    alpha: int = 16
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training (inactive in eval mode)."""
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names that receive adapters."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"`r` must be ≥ 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("`target_modules` is empty; name at least one module, e.g. v_proj")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def to_peft(self):
+        """The equivalent ``peft.LoraConfig`` for a causal LM."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+
+_LAYER_RE = re.compile(r"layers\.(\d+)\.")
+
+
+def target_parameter_names(model: torch.nn.Module, target: GradTarget | str) -> list[str]:
+    """Names of the LoRA parameters selected by ``target`` (in ``named_parameters`` order).
+
+    Raises
+    ------
+    ValueError
+        If the model has no matching LoRA parameter (no adapter, or no v_proj adapter).
+    """
+    target = GradTarget(target)
+    lora = [n for n, _ in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    if target is GradTarget.ALL_LORA:
+        names = lora
+    else:
+        v_b = [n for n in lora if ".v_proj.lora_B." in n and _LAYER_RE.search(n)]
+        last = max((int(_LAYER_RE.search(n).group(1)) for n in v_b), default=None)
+        names = [n for n in v_b if int(_LAYER_RE.search(n).group(1)) == last]
+    if not names:
+        raise ValueError(
+            f"gradient target `{target.value}` matches no parameter: the model needs a LoRA "
+            "adapter (pass `lora=LoraSettings()` or `adapter_path`) with v_proj in `target_modules`"
+        )
+    return names
+
+
+def set_trainable(model: torch.nn.Module, target: GradTarget | str | None) -> list[str]:
+    """Freeze everything except ``target``'s parameters (None: freeze all); returns their names."""
+    names = set(target_parameter_names(model, target)) if target is not None else set()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+    return sorted(names)
+
+
+def load_causal_lm(
+    model_path: str | os.PathLike[str],
+    *,
+    lora: LoraSettings | None = None,
+    adapter_path: str | os.PathLike[str] | None = None,
+    attn_implementation: str = "eager",
+    dtype: torch.dtype = torch.float32,
+    trainable: GradTarget | str | None = GradTarget.ALL_LORA,
+):
+    """Load ``AutoModelForCausalLM`` + ``AutoTokenizer`` from a local dir, optionally with LoRA.
+
+    Parameters
+    ----------
+    model_path : path
+        HF model directory (a tiny model from :func:`goracs_ray.models.tiny.build_tiny_llm`, or a
+        real checkpoint).
+    lora : LoraSettings, optional
+        Add a fresh adapter (lora_B = 0). Ignored when ``adapter_path`` is given.
+    adapter_path : path, optional
+        A saved peft adapter dir to load (warm start), trainable.
+    attn_implementation : str
+        ``"eager"`` (default; works under torch.func and DeepSpeed on CPU) or ``"sdpa"``.
+    dtype : torch.dtype
+        Weight dtype (float32 on CPU; bf16/fp16 on GPU).
+    trainable : GradTarget, str or None
+        Parameters left with ``requires_grad`` (default all LoRA); None freezes all. Without an
+        adapter everything stays as loaded.
+
+    Returns
+    -------
+    (model, tokenizer)
+        The model in eval mode (peft ``PeftModel`` when an adapter is used) and a right-padding
+        tokenizer with a pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"`model_path` {path} is not a HF model dir (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        logger.warning("tokenizer of %s has no pad token; padding with eos", path)
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter_path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"`adapter_path` {adapter_path} has no adapter_config.json")
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+    elif lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora.to_peft())
+    if adapter_path is not None or lora is not None:
+        set_trainable(model, trainable)
+    model.eval()
+    return model, tokenizer
