@@ -140,16 +140,17 @@ def ctr_logits(logits: torch.Tensor, labels: torch.Tensor, token_ids: torch.Tens
 
 
 def ctr_logits_from_hidden(
-    hidden: torch.Tensor, labels: torch.Tensor, head_weight: torch.Tensor
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    token_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, 2) ("No", "Yes") logits from hidden states ``(B, T, H)`` and the LM head's two rows.
-
-    ``head_weight`` is ``lm_head.weight[token_ids]``, shape (2, H) (LLaMA's head has no bias).
-    """
+    """(B, 2) ("No", "Yes") logits from hidden states ``(B, T, H)``, applying ``head`` at one
+    position per sample (the module is called, so DeepSpeed ZeRO-3 can gather its weight)."""
     pos = answer_positions(labels)
     idx = pos.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
     last = torch.gather(hidden, 1, idx).squeeze(1)
-    return (last @ head_weight.T).float()
+    return head(last)[:, token_ids.to(hidden.device)].float()
 
 
 def ctr_loss_from_logits2(logits2: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -73,8 +73,7 @@ def test_ctr_logits_and_loss(lm):
     with torch.no_grad():
         logits = model(input_ids=b["input_ids"]).logits
         two = ctr_logits(logits, b["labels"], ids)
-        head_rows = model.lm_head.weight[ids]
-        two_h = ctr_logits_from_hidden(_hidden(model, b), b["labels"], head_rows)
+        two_h = ctr_logits_from_hidden(_hidden(model, b), b["labels"], model.lm_head, ids)
     np.testing.assert_allclose(two_h.numpy(), two.numpy(), rtol=1e-5, atol=1e-6)
     first = (b["labels"] != -100).int().argmax(-1)
     for i in range(6):

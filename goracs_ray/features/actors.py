@@ -1,0 +1,326 @@
+"""Ray shell of the features stage: an autoscaling actor pool over resumable output shards.
+
+Layout of ``out_dir``::
+
+    _pool.parquet        the samples to featurise (sample_id, split, prompt, output), fixed order
+    _run.json            fingerprint of pool + result-affecting config (checked on resume)
+    tiny_model/          the default tiny LLM, when no model_path is given
+    warmup_adapter/      the warm-up adapter, when warmup_steps > 0
+    part-00000.parquet   FEATURE_COLUMNS for pool rows [0, rows_per_shard), ...
+    manifest.json        written last: shards, counts, timings, model and settings
+
+Shard ``c`` holds pool rows ``[c·R, (c+1)·R)``. An actor computes a whole shard and writes it with
+an atomic rename, so a shard file exists only when complete: re-running skips existing shards, and
+an actor killed mid-shard leaves nothing; Ray Data restarts the actor and retries the task, which
+writes that shard once. Output is therefore exactly-once by shard id whatever the failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from goracs_ray.configutil import to_dict
+from goracs_ray.data.prompts import format_prompt
+from goracs_ray.features.compute import FeatureComputer, warmup_adapter
+from goracs_ray.features.config import FeaturesConfig
+from goracs_ray.io import read_json, write_json, write_parquet
+
+__all__ = ["FeaturesResult", "compute_features"]
+
+logger = logging.getLogger(__name__)
+
+_NOT_RESULT_FIELDS = {
+    "batch_tokens",
+    "min_actors",
+    "max_actors",
+    "actor_cpus",
+    "actor_gpus",
+    "torch_threads",
+    "engine",
+    "deepspeed_stage",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesResult:
+    """Outcome of :func:`compute_features`.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The features directory (``part-*.parquet`` + ``manifest.json``).
+    n_rows : int
+        Samples featurised (all shards).
+    n_shards : int
+        Shard files.
+    n_skipped : int
+        Shards found complete from an earlier run and not recomputed.
+    seconds : float
+        Wall time of this call.
+    """
+
+    out_dir: Path
+    n_rows: int
+    n_shards: int
+    n_skipped: int
+    seconds: float
+
+
+def _shard_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"part-{shard:05d}.parquet"
+
+
+class _FeatureActor:
+    """Ray Data callable class: loads the model once, then featurises whole shards."""
+
+    def __init__(self, cfg, model_path, adapter_path, out_dir, crash_once_file=None):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.computer = FeatureComputer(cfg, Path(model_path), adapter_path and Path(adapter_path))
+        self.pool = pq.read_table(self.out_dir / "_pool.parquet")
+        self.crash_once_file = crash_once_file
+
+    def _maybe_crash(self, part: pa.Table) -> None:
+        """Test hook: the first actor to get here computes half a shard, then dies hard."""
+        if self.crash_once_file is None:
+            return
+        try:
+            fd = os.open(self.crash_once_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        half = part.slice(0, max(1, part.num_rows // 2)).to_pydict()
+        self.computer.compute(half["sample_id"], half["split"], half["prompt"], half["output"])
+        os._exit(1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for shard in batch["shard"].tolist():
+            part = self.pool.slice(shard * self.cfg.rows_per_shard, self.cfg.rows_per_shard)
+            self._maybe_crash(part)
+            cols = part.to_pydict()
+            table = self.computer.compute(
+                cols["sample_id"], cols["split"], cols["prompt"], cols["output"]
+            )
+            write_parquet(_shard_path(self.out_dir, shard), table)
+            rows.append(part.num_rows)
+        return {"shard": batch["shard"], "rows": np.asarray(rows, dtype=np.int64)}
+
+
+def _load_pool(samples, splits: tuple[str, ...]) -> pa.Table:
+    """(N,) table sample_id, split, prompt, output from a samples dir or a Ray Dataset."""
+    if isinstance(samples, (str, os.PathLike)):
+        tables = []
+        for split in splits:
+            path = Path(samples) / f"{split}.parquet"
+            if not path.is_file():
+                raise FileNotFoundError(f"samples file `{path}` not found; run `goracs prepare`")
+            tables.append(
+                pq.read_table(path, columns=["sample_id", "instruction", "input", "output"])
+            )
+            tables[-1] = tables[-1].append_column("split", pa.array([split] * tables[-1].num_rows))
+        table = pa.concat_tables(tables)
+    else:
+        import ray
+
+        need = ["sample_id", "split", "instruction", "input", "output"]
+        missing = [c for c in need if c not in samples.columns()]
+        if missing:
+            raise ValueError(f"the Ray Dataset `samples` lacks column(s) {missing}")
+        table = pa.concat_tables(ray.get(samples.select_columns(need).to_arrow_refs()))
+        table = table.filter(pa.compute.is_in(table["split"], pa.array(list(splits))))
+    prompts = [
+        format_prompt(i, x)
+        for i, x in zip(table["instruction"].to_pylist(), table["input"].to_pylist())
+    ]
+    ids = table["sample_id"].cast(pa.string())
+    if len(set(ids.to_pylist())) != table.num_rows:
+        raise ValueError("`samples` has duplicate sample_id values; ids must be unique")
+    return pa.table(
+        {"sample_id": ids, "split": table["split"], "prompt": prompts, "output": table["output"]}
+    )
+
+
+def _fingerprint(cfg: FeaturesConfig, pool: pa.Table) -> dict:
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RESULT_FIELDS}
+    digest = hashlib.sha256("\n".join(pool["sample_id"].to_pylist()).encode()).hexdigest()
+    return {"n_rows": pool.num_rows, "ids_sha256": digest, "settings": settings}
+
+
+def _prepare_out_dir(cfg, samples, out_dir: Path, overwrite: bool) -> pa.Table:
+    import shutil
+
+    pool = _load_pool(samples, tuple(cfg.splits))
+    if pool.num_rows == 0:
+        raise ValueError(f"`samples` has no rows in splits {list(cfg.splits)}")
+    fp = _fingerprint(cfg, pool)
+    run_file = out_dir / "_run.json"
+    if out_dir.exists() and overwrite:
+        shutil.rmtree(out_dir)
+    if run_file.is_file() and json.loads(json.dumps(fp)) != read_json(run_file):
+        raise FileExistsError(
+            f"`{out_dir}` holds features of other samples/settings; pass --overwrite "
+            "(overwrite=True) to recompute, or choose another output dir"
+        )
+    if not run_file.is_file():
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"`{out_dir}` exists and is not a features dir; pass --overwrite")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_parquet(out_dir / "_pool.parquet", pool)
+        write_json(run_file, fp)
+    return pool
+
+
+def _resolve_model(cfg: FeaturesConfig, pool: pa.Table, out_dir: Path) -> tuple[Path, Path | None]:
+    from goracs_ray.models.tiny import build_tiny_llm
+
+    model_path = cfg.model_path
+    if model_path is None:
+        model_path = out_dir / "tiny_model"
+        if not (model_path / "config.json").is_file():
+            texts = [p + o for p, o in zip(pool["prompt"].to_pylist(), pool["output"].to_pylist())]
+            build_tiny_llm(texts[:20000], model_path, overwrite=True, **to_dict(cfg.tiny))
+    adapter = cfg.adapter_path
+    if adapter is None and cfg.warmup_steps > 0:
+        adapter = out_dir / "warmup_adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            train = pool.filter(pa.compute.equal(pool["split"], "train"))
+            warmup_adapter(
+                cfg, model_path, train["prompt"].to_pylist(), train["output"].to_pylist(), adapter
+            )
+    return Path(model_path), adapter and Path(adapter)
+
+
+def _run_pool(cfg, todo: list[int], model_path, adapter, out_dir, pool_rows, *, progress, crash):
+    import ray
+    from tqdm.auto import tqdm
+
+    from goracs_ray.raycluster import ensure_ray
+
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        _FeatureActor,
+        fn_constructor_kwargs={
+            "cfg": cfg,
+            "model_path": str(model_path),
+            "adapter_path": adapter and str(adapter),
+            "out_dir": str(out_dir),
+            "crash_once_file": crash,
+        },
+        batch_size=1,
+        concurrency=(cfg.min_actors, cfg.max_actors),
+        num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.actor_gpus or None,
+    )
+    seen: set[int] = set()
+    total = sum(pool_rows(s) for s in todo)
+    with tqdm(total=total, unit="sample", desc="features", disable=not progress) as bar:
+        for row in ds.iter_rows():
+            shard = int(row["shard"])
+            if shard not in seen:
+                seen.add(shard)
+                bar.update(int(row["rows"]))
+    return seen
+
+
+def compute_features(
+    cfg: FeaturesConfig,
+    samples,
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    crash_once_file: str | None = None,
+) -> FeaturesResult:
+    """Featurise ``cfg.splits`` of ``samples`` on a Ray actor pool into resumable shards.
+
+    Parameters
+    ----------
+    cfg : FeaturesConfig
+    samples : path or ray.data.Dataset
+        A samples dir (``{split}.parquet`` in SAMPLE_SCHEMA) or a Dataset with columns
+        sample_id, split, instruction, input, output.
+    out_dir : path
+        Features dir (layout in the module docstring). An unfinished run with the same samples
+        and settings is resumed; other contents need ``overwrite``.
+    overwrite : bool
+        Delete ``out_dir`` first.
+    progress : bool, optional
+        tqdm progress bar (None: only on a TTY).
+    crash_once_file : str, optional
+        Test hook for fault injection: the first actor that creates this file mid-shard exits
+        with ``os._exit(1)``.
+
+    Returns
+    -------
+    FeaturesResult
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    pool = _prepare_out_dir(cfg, samples, out_dir, overwrite)
+    n_shards = -(-pool.num_rows // cfg.rows_per_shard)
+    todo = [s for s in range(n_shards) if not _shard_path(out_dir, s).is_file()]
+    skipped = n_shards - len(todo)
+    if skipped:
+        logger.info("resuming: %d of %d shards already done", skipped, n_shards)
+    model_path, adapter = _resolve_model(cfg, pool, out_dir)
+    if todo:
+
+        def pool_rows(s: int) -> int:
+            return min(cfg.rows_per_shard, pool.num_rows - s * cfg.rows_per_shard)
+
+        _run_pool(
+            cfg,
+            todo,
+            model_path,
+            adapter,
+            out_dir,
+            pool_rows,
+            progress=progress,
+            crash=crash_once_file,
+        )
+    missing = [s for s in range(n_shards) if not _shard_path(out_dir, s).is_file()]
+    if missing:
+        raise RuntimeError(f"features shards {missing[:5]} were not written; re-run to resume")
+    seconds = time.perf_counter() - start
+    _write_manifest(cfg, out_dir, pool, n_shards, model_path, adapter, seconds, skipped)
+    return FeaturesResult(out_dir, pool.num_rows, n_shards, skipped, seconds)
+
+
+def _write_manifest(cfg, out_dir, pool, n_shards, model_path, adapter, seconds, skipped) -> None:
+    import torch
+    from transformers import AutoConfig
+
+    model_cfg = AutoConfig.from_pretrained(model_path)
+    first = pq.read_schema(_shard_path(out_dir, 0))
+    emb_dim = first.field("embedding").type
+    manifest = {
+        "n_rows": pool.num_rows,
+        "splits": {
+            s: int(pa.compute.sum(pa.compute.equal(pool["split"], s)).as_py() or 0)
+            for s in cfg.splits
+        },
+        "shards": [_shard_path(out_dir, s).name for s in range(n_shards)],
+        "columns": first.names,
+        "embedding_type": str(emb_dim),
+        "model_path": str(model_path),
+        "model_type": model_cfg.model_type,
+        "adapter_path": adapter and str(adapter),
+        "config": to_dict(cfg),
+        "seconds": round(seconds, 2),
+        "throughput_samples_per_s": round(pool.num_rows / max(seconds, 1e-9), 2),
+        "shards_skipped_on_resume": skipped,
+        "torch_version": torch.__version__,
+    }
+    write_json(out_dir / "manifest.json", manifest)

@@ -1,0 +1,254 @@
+"""Ray-free feature computation: one model per process, rows in → FEATURE_COLUMNS table out.
+
+:class:`FeatureComputer` is what each Ray actor holds (``features/actors.py``); it is equally usable
+in a plain process. Rows are sorted by length and packed into batches of at most ``batch_tokens``
+padded tokens, then restored to input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from goracs_ray.data.schema import FEATURE_COLUMNS, Task
+from goracs_ray.features.config import Engine, FeaturesConfig
+from goracs_ray.features.embed import (
+    EmbeddingKind,
+    SentenceEncoder,
+    embedding_texts,
+    pool_hidden,
+    token_mask,
+)
+from goracs_ray.features.grads import per_sample_grads
+from goracs_ray.features.projection import GradProjector
+from goracs_ray.models.lm import GradTarget, load_causal_lm, set_trainable, target_parameter_names
+from goracs_ray.models.losses import causal_lm_loss, ctr_token_ids
+from goracs_ray.models.text import tokenize_samples
+
+__all__ = ["FeatureComputer", "token_batches", "warmup_adapter"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def token_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
+    """Group row indices by length so each batch has ``B × max_len ≤ batch_tokens``.
+
+    Parameters
+    ----------
+    lengths : (N,) int
+        Tokens per row (after truncation).
+    batch_tokens : int
+        Padded-token budget per batch (a row longer than the budget gets its own batch).
+
+    Returns
+    -------
+    list of (B_j,) int64
+        Index arrays covering ``range(N)`` exactly once, longest rows first.
+    """
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, current, width = [], [], 0
+    for i in order:
+        w = max(width, int(lengths[i]))
+        if current and w * (len(current) + 1) > batch_tokens:
+            batches.append(np.asarray(current, dtype=np.int64))
+            current, w = [], int(lengths[i])
+        current.append(int(i))
+        width = w
+    if current:
+        batches.append(np.asarray(current, dtype=np.int64))
+    return batches
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _deepspeed_module(model, stage: int):
+    """Wrap ``model`` in a DeepSpeed engine (single process; gloo on CPU) and return its module."""
+    import deepspeed
+
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl")
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage}}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine.module
+
+
+class FeatureComputer:
+    """Holds the model (and encoder, projector) once; computes features for lists of samples.
+
+    Parameters
+    ----------
+    cfg : FeaturesConfig
+    model_path : path
+        The resolved HF model dir (``cfg.model_path`` or the built tiny model).
+    adapter_path : path, optional
+        Adapter to load (``cfg.adapter_path`` or the warm-up adapter); else a fresh ``cfg.lora``.
+    """
+
+    def __init__(self, cfg: FeaturesConfig, model_path: Path, adapter_path: Path | None) -> None:
+        torch.set_num_threads(cfg.torch_threads)
+        self.cfg = cfg
+        model, self.tokenizer = load_causal_lm(
+            model_path,
+            lora=cfg.lora,
+            adapter_path=adapter_path,
+            dtype=_DTYPES[cfg.dtype],
+            trainable=cfg.grad_target,
+        )
+        if cfg.engine is Engine.DEEPSPEED:
+            model = _deepspeed_module(model, cfg.deepspeed_stage)
+        self.model = model
+        self.names = target_parameter_names(model, cfg.grad_target)
+        self.grad_dim = sum(dict(model.named_parameters())[n].numel() for n in self.names)
+        if adapter_path is None and cfg.grad_target is GradTarget.ALL_LORA:
+            logger.warning(
+                "fresh adapter (lora_B = 0): every lora_A gradient is 0; set `warmup_steps` or "
+                "`adapter_path` for meaningful all-LoRA gradients"
+            )
+        self.token_ids = ctr_token_ids(self.tokenizer) if cfg.task is Task.CTR else None
+        self.projector = None
+        if cfg.proj_dim:
+            self.projector = GradProjector(
+                self.grad_dim, cfg.proj_dim, seed=cfg.proj_seed, kind=cfg.proj_kind
+            )
+        self.encoder = None
+        if cfg.embedding is EmbeddingKind.SENTENCE:
+            self.encoder = SentenceEncoder(cfg.encoder_path)
+
+    def _lengths(self, prompts: Sequence[str], outputs: Sequence[str]) -> list[int]:
+        enc = self.tokenizer(list(prompts), list(outputs), add_special_tokens=False)["input_ids"]
+        return [min(len(ids) + 2, self.cfg.max_length) for ids in enc]
+
+    def _batch(self, prompts, outputs) -> dict[str, np.ndarray]:
+        cfg = self.cfg
+        device = next(self.model.parameters()).device
+        batch = tokenize_samples(
+            self.tokenizer, prompts, outputs, max_length=cfg.max_length, loss_on=cfg.loss_on
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        res = per_sample_grads(
+            self.model,
+            batch,
+            self.names,
+            task=cfg.task,
+            method=cfg.grad_method,
+            token_ids=self.token_ids,
+        )
+        out = {"grad_norm": res.norms.cpu().numpy(), "loss": res.losses.cpu().numpy()}
+        if self.projector is not None:
+            out["grad_proj"] = self.projector(res.grads).cpu().numpy()
+        if self.encoder is not None:
+            texts = embedding_texts(prompts, outputs, cfg.task)
+            out["embedding"] = self.encoder.encode(texts).numpy()
+        else:
+            hidden = res.hidden
+            if hidden is None:
+                with torch.no_grad():
+                    base = self.model.get_base_model()
+                    hidden = base.get_decoder()(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    )[0]
+            emb = pool_hidden(hidden, token_mask(batch, cfg.task), cfg.embedding)
+            out["embedding"] = emb.cpu().numpy()
+        return out
+
+    def compute(
+        self,
+        sample_ids: Sequence[str],
+        splits: Sequence[str],
+        prompts: Sequence[str],
+        outputs: Sequence[str],
+    ) -> pa.Table:
+        """Features of N samples, in input order.
+
+        Returns
+        -------
+        pa.Table
+            FEATURE_COLUMNS: sample_id, split, embedding (d,), grad_norm, grad_proj (k,) when
+            ``proj_dim > 0``, loss. Memory: N × (d + k) float32.
+        """
+        n = len(sample_ids)
+        parts: dict[str, np.ndarray] = {}
+        for idx in token_batches(self._lengths(prompts, outputs), self.cfg.batch_tokens):
+            res = self._batch([prompts[i] for i in idx], [outputs[i] for i in idx])
+            for key, value in res.items():
+                if key not in parts:
+                    parts[key] = np.zeros((n, *value.shape[1:]), dtype=np.float32)
+                parts[key][idx] = value
+        cols = {"sample_id": pa.array(list(sample_ids), pa.string())}
+        cols["split"] = pa.array(list(splits), pa.string())
+        for key in ("embedding", "grad_norm", "grad_proj", "loss"):
+            if key not in parts:
+                continue
+            value = parts[key]
+            if value.ndim == 2:
+                flat = pa.array(value.reshape(-1), pa.float32())
+                cols[key] = pa.FixedSizeListArray.from_arrays(flat, value.shape[1]).cast(
+                    FEATURE_COLUMNS[key]
+                )
+            else:
+                cols[key] = pa.array(value, FEATURE_COLUMNS[key])
+        return pa.table(cols)
+
+
+def warmup_adapter(
+    cfg: FeaturesConfig,
+    model_path: Path,
+    prompts: Sequence[str],
+    outputs: Sequence[str],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+) -> Path:
+    """Train a fresh ``cfg.lora`` adapter for ``cfg.warmup_steps`` AdamW steps and save it.
+
+    A fresh adapter has lora_B = 0, so every lora_A gradient is exactly 0; a short warm-up on the
+    training pool (batches of 8 random samples, seeded) makes all LoRA gradients informative.
+    Deterministic for a given ``seed``; done once, then every actor loads ``out_dir``.
+    """
+    from goracs_ray.io import atomic_dir
+
+    torch.manual_seed(seed)
+    model, tok = load_causal_lm(model_path, lora=cfg.lora, trainable=GradTarget.ALL_LORA)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.warmup_lr)
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in range(cfg.warmup_steps):
+        idx = rng.choice(len(prompts), size=min(8, len(prompts)), replace=False)
+        batch = tokenize_samples(
+            tok,
+            [prompts[i] for i in idx],
+            [outputs[i] for i in idx],
+            max_length=cfg.max_length,
+            loss_on=cfg.loss_on,
+        )
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = causal_lm_loss(logits, batch["labels"]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    set_trainable(model, None)
+    with atomic_dir(out_dir, overwrite=True) as part:
+        model.save_pretrained(part)
+    logger.info("warm-up: %d steps, last loss %.3f → %s", cfg.warmup_steps, loss.item(), out_dir)
+    return out_dir
