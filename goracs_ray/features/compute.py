@@ -30,7 +30,7 @@ from goracs_ray.features.grads import per_sample_grads
 from goracs_ray.features.projection import GradProjector
 from goracs_ray.models.lm import GradTarget, load_causal_lm, set_trainable, target_parameter_names
 from goracs_ray.models.losses import causal_lm_loss, ctr_token_ids
-from goracs_ray.models.text import tokenize_samples
+from goracs_ray.models.text import pack_token_ids, tokenize_samples
 
 __all__ = ["FeatureComputer", "token_batches", "warmup_adapter"]
 
@@ -111,6 +111,7 @@ class FeatureComputer:
             lora=cfg.lora,
             adapter_path=adapter_path,
             dtype=_DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation,
             trainable=cfg.grad_target,
         )
         if cfg.engine is Engine.DEEPSPEED:
@@ -133,15 +134,18 @@ class FeatureComputer:
         if cfg.embedding is EmbeddingKind.SENTENCE:
             self.encoder = SentenceEncoder(cfg.encoder_path)
 
-    def _lengths(self, prompts: Sequence[str], outputs: Sequence[str]) -> list[int]:
-        enc = self.tokenizer(list(prompts), list(outputs), add_special_tokens=False)["input_ids"]
-        return [min(len(ids) + 2, self.cfg.max_length) for ids in enc]
-
-    def _batch(self, prompts, outputs) -> dict[str, np.ndarray]:
-        cfg = self.cfg
+    def _batch(self, prompts, outputs, p_ids, o_ids) -> dict[str, np.ndarray]:
+        cfg, tok = self.cfg, self.tokenizer
         device = next(self.model.parameters()).device
-        batch = tokenize_samples(
-            self.tokenizer, prompts, outputs, max_length=cfg.max_length, loss_on=cfg.loss_on
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        batch = pack_token_ids(
+            p_ids,
+            o_ids,
+            max_length=cfg.max_length,
+            loss_on=cfg.loss_on,
+            bos_id=tok.bos_token_id,
+            eos_id=tok.eos_token_id,
+            pad_id=pad,
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         res = per_sample_grads(
@@ -187,8 +191,16 @@ class FeatureComputer:
         """
         n = len(sample_ids)
         parts: dict[str, np.ndarray] = {}
-        for idx in token_batches(self._lengths(prompts, outputs), self.cfg.batch_tokens):
-            res = self._batch([prompts[i] for i in idx], [outputs[i] for i in idx])
+        p_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        o_ids = self.tokenizer(list(outputs), add_special_tokens=False)["input_ids"]
+        lengths = [min(len(p) + len(o) + 2, self.cfg.max_length) for p, o in zip(p_ids, o_ids)]
+        for idx in token_batches(lengths, self.cfg.batch_tokens):
+            res = self._batch(
+                [prompts[i] for i in idx],
+                [outputs[i] for i in idx],
+                [p_ids[i] for i in idx],
+                [o_ids[i] for i in idx],
+            )
             for key, value in res.items():
                 if key not in parts:
                     parts[key] = np.zeros((n, *value.shape[1:]), dtype=np.float32)

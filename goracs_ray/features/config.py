@@ -86,7 +86,7 @@ class FeaturesConfig:
     """JL matrix entries."""
     proj_seed: int = 0
     """Projection seed (same seed → same projection everywhere)."""
-    batch_tokens: int = 8192
+    batch_tokens: int = 16384
     """Token budget of one model batch (padded B × T) inside an actor."""
     rows_per_shard: int = 2048
     """Samples per output shard (the unit of resume and retry)."""
@@ -106,8 +106,11 @@ class FeaturesConfig:
     """ZeRO stage for the DeepSpeed engine (0 or 3)."""
     dtype: str = "float32"
     """Model weights dtype: float32, bfloat16 or float16."""
+    attn_implementation: str = "sdpa"
+    """HF attention kernel: ``sdpa`` (fast; hooks/loop) or ``eager`` (needed by ``vmap``)."""
 
     def __post_init__(self) -> None:
+        self._coerce_enums()
         for name in ("max_length", "batch_tokens", "rows_per_shard", "min_actors", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be ≥ 1, got {getattr(self, name)}")
@@ -123,5 +126,25 @@ class FeaturesConfig:
             raise ValueError(f"`dtype` must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.deepspeed_stage not in (0, 1, 2, 3):
             raise ValueError(f"`deepspeed_stage` must be 0–3, got {self.deepspeed_stage}")
+        if self.grad_method is GradMethod.VMAP and self.attn_implementation != "eager":
+            raise ValueError("`grad_method: vmap` needs `attn_implementation: eager`")
         if not self.splits:
             raise ValueError("`splits` is empty; e.g. [train, valid]")
+
+    def _coerce_enums(self) -> None:
+        """Accept plain strings for the enum fields (as YAML gives), naming a bad one."""
+        for name, enum_cls in (
+            ("task", Task),
+            ("grad_target", GradTarget),
+            ("grad_method", GradMethod),
+            ("loss_on", LossOn),
+            ("embedding", EmbeddingKind),
+            ("proj_kind", ProjectionKind),
+            ("engine", Engine),
+        ):
+            value = getattr(self, name)
+            try:
+                setattr(self, name, enum_cls(value))
+            except ValueError:
+                choices = ", ".join(m.value for m in enum_cls)
+                raise ValueError(f"`{name}`: {value!r} is not one of {choices}") from None

@@ -110,6 +110,7 @@ def load_causal_lm(
     attn_implementation: str = "eager",
     dtype: torch.dtype = torch.float32,
     trainable: GradTarget | str | None = GradTarget.ALL_LORA,
+    seed: int = 0,
 ):
     """Load ``AutoModelForCausalLM`` + ``AutoTokenizer`` from a local dir, optionally with LoRA.
 
@@ -129,6 +130,9 @@ def load_causal_lm(
     trainable : GradTarget, str or None
         Parameters left with ``requires_grad`` (default all LoRA); None freezes all. Without an
         adapter everything stays as loaded.
+    seed : int
+        Seeds a fresh adapter's lora_A init (global RNG untouched), so every process that loads
+        the same model with the same seed gets the same adapter.
 
     Returns
     -------
@@ -158,7 +162,9 @@ def load_causal_lm(
     elif lora is not None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora.to_peft())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_peft_model(model, lora.to_peft())
     if adapter_path is not None or lora is not None:
         set_trainable(model, trainable)
     model.eval()

@@ -9,7 +9,7 @@ import torch
 
 from goracs_ray.models.losses import IGNORE_INDEX
 
-__all__ = ["LossOn", "tokenize_samples"]
+__all__ = ["LossOn", "pack_token_ids", "tokenize_samples"]
 
 
 class LossOn(str, enum.Enum):
@@ -70,15 +70,41 @@ def tokenize_samples(
         raise ValueError(
             "`tokenizer` has neither a pad nor an eos token; set `tokenizer.pad_token`"
         )
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     o_ids = tokenizer(list(outputs), add_special_tokens=False)["input_ids"]
+    return pack_token_ids(
+        p_ids,
+        o_ids,
+        max_length=max_length,
+        loss_on=loss_on,
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id if add_eos else None,
+        pad_id=pad_id,
+    )
+
+
+def pack_token_ids(
+    prompt_ids: Sequence[Sequence[int]],
+    output_ids: Sequence[Sequence[int]],
+    *,
+    max_length: int,
+    loss_on: LossOn | str = LossOn.RESPONSE,
+    bos_id: int | None,
+    eos_id: int | None,
+    pad_id: int,
+) -> dict[str, torch.Tensor]:
+    """:func:`tokenize_samples` on already tokenised prompts/outputs (no special tokens).
+
+    ``bos_id``/``eos_id`` None leave that token out. Same outputs and rules.
+    """
+    loss_on = LossOn(loss_on)
+    bos = [bos_id] if bos_id is not None else []
+    eos = [eos_id] if eos_id is not None else []
     rows, lab_rows = [], []
-    for p, o in zip(p_ids, o_ids):
-        answer = (o + eos)[: max_length - len(bos) - 1]
+    for p, o in zip(prompt_ids, output_ids):
+        answer = (list(o) + eos)[: max_length - len(bos) - 1]
         room = max_length - len(bos) - len(answer)
-        prompt = p[len(p) - room :] if len(p) > room else p
+        prompt = list(p[len(p) - room :] if len(p) > room else p)
         ids = bos + prompt + answer
         n_masked = len(bos) + (len(prompt) if loss_on is LossOn.RESPONSE else 0)
         rows.append(ids)

@@ -50,3 +50,13 @@ def test_errors(tmp_path, tiny_model_dir):
     plain, _ = load_causal_lm(tiny_model_dir)
     with pytest.raises(ValueError, match="LoRA"):
         target_parameter_names(plain, "all_lora")
+
+
+def test_fresh_adapter_is_seeded(tiny_model_dir):
+    a, _ = load_causal_lm(tiny_model_dir, lora=LoraSettings())
+    b, _ = load_causal_lm(tiny_model_dir, lora=LoraSettings())
+    c, _ = load_causal_lm(tiny_model_dir, lora=LoraSettings(), seed=1)
+    pa_, pb_, pc_ = (dict(m.named_parameters()) for m in (a, b, c))
+    name = next(n for n in pa_ if "lora_A" in n)
+    np.testing.assert_array_equal(pa_[name].detach().numpy(), pb_[name].detach().numpy())
+    assert not np.array_equal(pa_[name].detach().numpy(), pc_[name].detach().numpy())
