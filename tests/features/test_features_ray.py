@@ -1,0 +1,128 @@
+"""Ray actor pool: ≥ 500 samples with 2 actors, fault injection, resume — exactly-once output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from goracs_ray.features.actors import compute_features
+from goracs_ray.features.compute import FeatureComputer
+from goracs_ray.features.config import FeaturesConfig
+from goracs_ray.io import read_json
+from goracs_ray.models.synthetic import synthetic_samples
+
+
+@pytest.fixture(scope="module")
+def samples_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples")
+    pq.write_table(synthetic_samples(460, split="train", seed=0), out / "train.parquet")
+    pq.write_table(synthetic_samples(60, split="valid", seed=1), out / "valid.parquet")
+    return out
+
+
+def _cfg(model_dir):
+    return FeaturesConfig(
+        model_path=model_dir,
+        rows_per_shard=40,
+        min_actors=2,
+        max_actors=2,
+        actor_cpus=0.5,
+        max_length=128,
+        proj_dim=16,
+    )
+
+
+def _read(out_dir):
+    files = sorted(out_dir.glob("part-*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]), files
+
+
+def _expected_ids(samples_dir):
+    ids = []
+    for split in ("train", "valid"):
+        ids += pq.read_table(samples_dir / f"{split}.parquet")["sample_id"].to_pylist()
+    return ids
+
+
+def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir, feat_model_dir):
+    cfg = _cfg(feat_model_dir)
+    want = _expected_ids(samples_dir)
+    assert len(want) >= 500
+
+    clean = compute_features(cfg, samples_dir, tmp_path / "clean")
+    table, files = _read(tmp_path / "clean")
+    assert clean.n_rows == 520
+    assert len(files) == clean.n_shards == 13
+    assert sorted(table["sample_id"].to_pylist()) == sorted(want)  # exactly once
+    manifest = read_json(tmp_path / "clean" / "manifest.json")
+    assert manifest["n_rows"] == 520
+    assert manifest["splits"] == {"train": 460, "valid": 60}
+
+    crash = tmp_path / "crash.flag"
+    faulty = compute_features(cfg, samples_dir, tmp_path / "faulty", crash_once_file=str(crash))
+    assert crash.exists()  # an actor really died mid-shard
+    ftable, _ = _read(tmp_path / "faulty")
+    assert faulty.n_rows == 520
+    assert sorted(ftable["sample_id"].to_pylist()) == sorted(want)
+    a = table.sort_by("sample_id")
+    b = ftable.sort_by("sample_id")
+    np.testing.assert_allclose(b["grad_norm"].to_numpy(), a["grad_norm"].to_numpy(), rtol=1e-5)
+    pa_, pb_ = (np.stack(t["grad_proj"].to_numpy(zero_copy_only=False)) for t in (a, b))
+    np.testing.assert_allclose(pb_, pa_, rtol=1e-4, atol=1e-6)
+
+    files[3].unlink()
+    resumed = compute_features(cfg, samples_dir, tmp_path / "clean")
+    assert resumed.n_skipped == 12
+    rtable, _ = _read(tmp_path / "clean")
+    assert sorted(rtable["sample_id"].to_pylist()) == sorted(want)
+
+    # the same rows computed locally (another process, no Ray) give the same projection
+    rows = pq.read_table(tmp_path / "clean" / "_pool.parquet").slice(0, 5).to_pydict()
+    local = FeatureComputer(cfg, feat_model_dir, None).compute(
+        rows["sample_id"], rows["split"], rows["prompt"], rows["output"]
+    )
+    first = pq.read_table(tmp_path / "clean" / "part-00000.parquet").slice(0, 5)
+    np.testing.assert_allclose(
+        np.stack(local["grad_proj"].to_numpy(zero_copy_only=False)),
+        np.stack(first["grad_proj"].to_numpy(zero_copy_only=False)),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, feat_model_dir):
+    cfg = _cfg(feat_model_dir)
+    cfg.splits = ("valid",)
+    compute_features(cfg, samples_dir, tmp_path / "f")
+    cfg.proj_dim = 8
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        compute_features(cfg, samples_dir, tmp_path / "f")
+    res = compute_features(cfg, samples_dir, tmp_path / "f", overwrite=True)
+    assert res.n_skipped == 0
+
+
+def test_features_core_does_not_import_ray():
+    core = ["goracs_ray.features.grads", "goracs_ray.features.projection"]
+    core += ["goracs_ray.features.embed", "goracs_ray.features.compute"]
+    core += ["goracs_ray.features.config"]
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in core)
+        + "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n"
+        + "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_lists_features_and_model():
+    out = subprocess.run(
+        [sys.executable, "-m", "goracs_ray.cli", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert "features" in out.stdout
+    assert "model" in out.stdout
