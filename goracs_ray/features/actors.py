@@ -219,7 +219,7 @@ def _run_pool(cfg, todo: list[int], model_path, adapter, out_dir, pool_rows, *, 
             "crash_once_file": crash,
         },
         batch_size=1,
-        concurrency=(cfg.min_actors, cfg.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_cpus=cfg.actor_cpus,
         num_gpus=cfg.actor_gpus or None,
     )

@@ -167,9 +167,7 @@ class FeatureComputer:
             if hidden is None:
                 with torch.no_grad():
                     base = self.model.get_base_model()
-                    hidden = base.get_decoder()(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    )[0]
+                    hidden = base.get_decoder()(input_ids=batch["input_ids"])[0]
             emb = pool_hidden(hidden, token_mask(batch, cfg.task), cfg.embedding)
             out["embedding"] = emb.cpu().numpy()
         return out

@@ -16,8 +16,9 @@ Three methods give the same numbers (tested to rel. error ≤ 1e-4):
     The reference: one forward + backward per (unpadded) sample. For tests and benchmarks.
 
 All three evaluate the model in eval mode (LoRA dropout off), so the numbers are deterministic.
-Batches are right-padded: with causal attention real tokens never see padding, so the vmap path
-runs without an attention mask and still matches the others.
+Batches are right-padded: with causal attention real tokens never see padding, so the hooks and
+vmap paths run without an attention mask (letting SDPA use its causal kernel) and match the loop,
+which runs each sample unpadded.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def _decoder_and_head(model):
 
 def _hidden_loss(model, batch, task: Task, token_ids):
     decoder, head = _decoder_and_head(model)
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    # No attention mask: with right padding and causal attention, real tokens never attend to
+    # padding, and without a mask SDPA can take its fast causal kernel.
+    hidden = decoder(input_ids=batch["input_ids"])[0]
     labels = batch["labels"]
     if task is Task.CTR:
         two = ctr_logits_from_hidden(hidden, labels, head, token_ids)

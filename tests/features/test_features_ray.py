@@ -97,8 +97,11 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
 
 def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, feat_model_dir):
     cfg = _cfg(feat_model_dir)
-    cfg.splits = ("valid",)
-    compute_features(cfg, samples_dir, tmp_path / "f")
+    cfg.splits, cfg.min_actors, cfg.max_actors, cfg.rows_per_shard = ("valid",), 1, 1, 60
+    first = compute_features(cfg, samples_dir, tmp_path / "f")
+    assert first.n_shards == 1
+    again = compute_features(cfg, samples_dir, tmp_path / "f")  # complete: nothing to do
+    assert again.n_skipped == 1
     cfg.proj_dim = 8
     with pytest.raises(FileExistsError, match="--overwrite"):
         compute_features(cfg, samples_dir, tmp_path / "f")
