@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sample")
     parser.add_argument("--task", default="seqrec", choices=["seqrec", "ctr"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (both paths)")
     parser.add_argument("--target", default="last_v_lora_b", choices=["last_v_lora_b", "all_lora"])
     args = parser.parse_args()
     n = 64 if args.quick else args.samples
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = synthetic_samples(n, task=args.task, seed=0).to_pylist()
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
     outputs = [r["output"] for r in rows]

@@ -129,3 +129,19 @@ def test_cli_lists_features_and_model():
     assert out.returncode == 0
     assert "features" in out.stdout
     assert "model" in out.stdout
+
+
+def test_cli_model_tiny_then_features(ray_local, tmp_path, samples_dir):
+    from goracs_ray.cli import main
+
+    assert (
+        main(["model", "tiny", "--texts-from", str(samples_dir), "--out", str(tmp_path / "m")]) == 0
+    )
+    args = ["features", "--samples", str(samples_dir), "--out", str(tmp_path / "f")]
+    sets = ["splits=[valid]", "rows_per_shard=30", "min_actors=1", "max_actors=1"]
+    sets += ["actor_cpus=0.5", f"model_path={tmp_path / 'm'}", "grad_target=all_lora"]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    table = pq.read_table(tmp_path / "f" / "part-00001.parquet")
+    assert table.num_rows == 30
+    assert read_json(tmp_path / "f" / "manifest.json")["config"]["grad_target"] == "all_lora"
+    assert main(args + ["--set", "proj_dim=-1"]) == 2  # bad config → exit code 2
