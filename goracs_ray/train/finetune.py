@@ -41,19 +41,27 @@ def _as_dataset(samples: Any, name: str):
             f"`{name}` must be a Parquet path or a ray.data.Dataset, got {type(samples)}"
         )
     columns = columns if columns is not None else ds.schema().names
-    missing = [c for c in SAMPLE_COLUMNS if c not in columns]
+    missing = [c for c in ("sample_id", *SAMPLE_COLUMNS) if c not in columns]
     if missing:
         raise ValueError(
             f"`{name}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}; samples must follow "
             "goracs_ray.data.schema.SAMPLE_SCHEMA"
         )
-    ds = ds.select_columns(list(SAMPLE_COLUMNS)).materialize()
-    return ds, ds.count()
+    ds = ds.select_columns(["sample_id", *SAMPLE_COLUMNS]).materialize()
+    ids = ds.select_columns(["sample_id"]).to_pandas()["sample_id"].astype(str)
+    fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return ds, len(ids), fingerprint
 
 
-def _run_name(cfg: TrainConfig, task: Task, model_path: Path) -> str:
-    """Stable per (config, task, model): a rerun of the same call resumes the same Ray run."""
-    key = json.dumps([to_dict(cfg), task.value, str(model_path.resolve())], sort_keys=True)
+# Fields that do not change the per-epoch trajectory: a run extended by more epochs, more patience
+# or more failures allowed continues from the earlier run's latest checkpoint.
+_RESUMABLE_CHANGES = ("epochs", "patience", "max_failures", "checkpoints_to_keep", "storage_path")
+
+
+def _run_name(cfg: TrainConfig, task: Task, model_path: Path, samples: list[str]) -> str:
+    """Stable per (trajectory-defining config, task, model, sample ids): a rerun resumes."""
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    key = json.dumps([fields, task.value, str(model_path.resolve()), samples], sort_keys=True)
     return "finetune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -130,8 +138,8 @@ def finetune(
     if adapter_dir.exists() and not overwrite:
         raise FileExistsError(f"`{adapter_dir}` already exists; pass overwrite=True to replace it")
     ensure_ray()
-    train_ds, n_train = _as_dataset(train_samples, "train_samples")
-    valid_ds, n_valid = _as_dataset(valid_samples, "valid_samples")
+    train_ds, n_train, train_fp = _as_dataset(train_samples, "train_samples")
+    valid_ds, n_valid, valid_fp = _as_dataset(valid_samples, "valid_samples")
     min_workers = cfg.min_workers or cfg.num_workers
     if min(n_train, n_valid) < cfg.num_workers:
         raise ValueError(
@@ -139,7 +147,7 @@ def finetune(
             f"({cfg.num_workers}) rows each; lower `train.num_workers`"
         )
     storage = cfg.storage_path or str((out_dir / "checkpoints").resolve())
-    name = _run_name(cfg, task, model_path)
+    name = _run_name(cfg, task, model_path, [train_fp, valid_fp])
     if not resume and "://" not in storage:
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
     logger.info(
