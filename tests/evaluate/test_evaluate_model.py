@@ -116,3 +116,29 @@ def test_seqrec_without_negatives_is_rejected(tmp_path, eval_model_dir, eval_dat
             out_dir=tmp_path / "e",
         )
     assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_cli_writes_metrics(tmp_path, eval_data, eval_model_dir, capsys):
+    from goracs_ray.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("evaluate:\n  batch_size: 4\n  max_length: 128\n")
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(eval_model_dir),
+            "--test",
+            str(eval_data["ctr"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--config",
+            str(cfg),
+            "--set",
+            "max_samples=5",
+        ]
+    )
+    assert rc == 0
+    metrics = read_json(tmp_path / "o" / "metrics.json")
+    assert metrics["n"] == 5
+    assert '"auc"' in capsys.readouterr().out
