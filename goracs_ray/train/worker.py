@@ -159,12 +159,55 @@ def _save_checkpoint(
     (tmp / "state.json").write_text(stopper.to_json())
 
 
-def train_func(config: dict[str, Any]) -> None:
-    """Per-worker training loop (``train_loop_config`` built by `goracs_ray.train.finetune`).
+@dataclass
+class _Worker:
+    """What one worker holds for the whole run."""
 
-    Keys: ``cfg`` (TrainConfig), ``task`` (Task value), ``model_path`` (str), ``fault``
-    (FaultInjection or None).
-    """
+    cfg: TrainConfig
+    task: Task
+    rank: int
+    device: torch.device
+    model: Any  # the peft model (unwrapped)
+    tokenizer: Any
+    stepper: TorchStepper | DeepSpeedStepper
+    ds_cfg: dict[str, Any] | None
+    yes_no: torch.Tensor | None
+    fault: FaultInjection | None
+
+    def epoch(self, epoch: int, train_shard, valid_shard) -> tuple[float, float]:
+        """Train one epoch on this worker's shard; return the global (train, valid) losses."""
+        cfg, fault, rank = self.cfg, self.fault, self.rank
+        batches = _batches(
+            train_shard,
+            self.tokenizer,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            device=self.device,
+            seed=cfg.seed + epoch,
+        )
+        on_step = None
+        if fault is not None:
+
+            def on_step(i: int) -> None:
+                fault.maybe_kill(rank=rank, epoch=epoch, step=i)
+
+        sums = train_epoch(
+            self.stepper, batches, task=self.task, yes_no_ids=self.yes_no, on_step=on_step
+        )
+        valid = _batches(
+            valid_shard,
+            self.tokenizer,
+            batch_size=cfg.eval_batch_size,
+            max_length=cfg.max_length,
+            device=self.device,
+            seed=None,
+        )
+        vsums = eval_loss(self.stepper.model, valid, task=self.task, yes_no_ids=self.yes_no)
+        return global_mean(*sums), global_mean(*vsums)
+
+
+def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]:
+    """Load the model, restore the latest checkpoint if any, wrap for DDP/DeepSpeed."""
     import ray.train
     import ray.train.torch
 
@@ -173,13 +216,10 @@ def train_func(config: dict[str, Any]) -> None:
 
     cfg: TrainConfig = config["cfg"]
     task = Task(config["task"])
-    fault: FaultInjection | None = config.get("fault")
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # identical LoRA init on every worker
     model, tokenizer = load_causal_lm(config["model_path"], lora=cfg.lora)
-    yes_no = ctr_token_ids(tokenizer).to(device) if task is Task.CTR else None
     stopper, best = EarlyStopping(cfg.patience), None
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt:
@@ -189,37 +229,30 @@ def train_func(config: dict[str, Any]) -> None:
             logger.info("rank %d resumes after epoch %d", rank, len(stopper.history) - 1)
         stepper, ds_cfg = _setup(cfg, model, device, ckpt_dir)
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across workers
+    yes_no = ctr_token_ids(tokenizer).to(device) if task is Task.CTR else None
+    worker = _Worker(
+        cfg, task, rank, device, model, tokenizer, stepper, ds_cfg, yes_no, config.get("fault")
+    )
+    return worker, stopper, best
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Per-worker training loop (``train_loop_config`` built by `goracs_ray.train.finetune`).
+
+    Keys: ``cfg`` (TrainConfig), ``task`` (Task value), ``model_path`` (str), ``fault``
+    (FaultInjection or None).
+    """
+    import ray.train
+
+    w, stopper, best = _start(config)
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
-    start = len(stopper.history)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(len(stopper.history), w.cfg.epochs):
         if stopper.should_stop:
             break
-        batches = _batches(
-            train_shard,
-            tokenizer,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            device=device,
-            seed=cfg.seed + epoch,
-        )
-        on_step = (
-            (lambda i, e=epoch: fault.maybe_kill(rank=rank, epoch=e, step=i)) if fault else None
-        )
-        train_loss = global_mean(
-            *train_epoch(stepper, batches, task=task, yes_no_ids=yes_no, on_step=on_step)
-        )
-        valid = _batches(
-            valid_shard,
-            tokenizer,
-            batch_size=cfg.eval_batch_size,
-            max_length=cfg.max_length,
-            device=device,
-            seed=None,
-        )
-        valid_loss = global_mean(*eval_loss(stepper.model, valid, task=task, yes_no_ids=yes_no))
+        train_loss, valid_loss = w.epoch(epoch, train_shard, valid_shard)
         if stopper.update(epoch, valid_loss):
-            best = _lora_state(model)
+            best = _lora_state(w.model)
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -228,13 +261,22 @@ def train_func(config: dict[str, Any]) -> None:
             "best_epoch": stopper.best_epoch,
         }
         stopper.history.append(metrics)
+        if w.rank == 0:
+            logger.info(
+                "epoch %d: train loss %.4f, valid loss %.4f (best %.4f at epoch %d)",
+                epoch,
+                train_loss,
+                valid_loss,
+                stopper.best_loss,
+                stopper.best_epoch,
+            )
         with tempfile.TemporaryDirectory() as tmp:
             _save_checkpoint(
                 Path(tmp),
-                rank=rank,
-                peft_model=model,
-                stepper=stepper,
-                ds_cfg=ds_cfg,
+                rank=w.rank,
+                peft_model=w.model,
+                stepper=w.stepper,
+                ds_cfg=w.ds_cfg,
                 stopper=stopper,
                 best=best,
             )

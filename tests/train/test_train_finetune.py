@@ -49,7 +49,8 @@ def test_two_worker_finetune_checkpoints_and_resumes(
         out_dir=out,
         task="seqrec",
     )
-    adapter = finetune(_cfg(tmp_path), **kw)
+    # Elastic range (1..2 workers): the 2 free fractional-CPU slots give 2 workers.
+    adapter = finetune(_cfg(tmp_path, min_workers=1), **kw)
     assert sorted(p.name for p in adapter.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -58,10 +59,10 @@ def test_two_worker_finetune_checkpoints_and_resumes(
     first = read_json(out / "train_metrics.json")
     assert [e["epoch"] for e in first["epochs"]] == [0]
     with pytest.raises(FileExistsError, match="overwrite"):
-        finetune(_cfg(tmp_path), **kw)
+        finetune(_cfg(tmp_path, min_workers=1), **kw)
 
     # Same run, two epochs: resumes after epoch 0 from its checkpoint instead of redoing it.
-    finetune(_cfg(tmp_path, epochs=2), overwrite=True, **kw)
+    finetune(_cfg(tmp_path, epochs=2, min_workers=1), overwrite=True, **kw)
     second = read_json(out / "train_metrics.json")
     assert [e["epoch"] for e in second["epochs"]] == [0, 1]
     assert second["epochs"][0] == first["epochs"][0]
