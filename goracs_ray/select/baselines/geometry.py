@@ -43,6 +43,7 @@ def select_kcenter(features: FeatureTable, n: int, *, seed: int) -> Selection:
     """
     check_budget(features, n)
     x = features.train_emb.astype(np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
     rng = np.random.default_rng(seed)
     indices = np.empty(n, dtype=np.int64)
     indices[0] = int(rng.integers(features.n_train))
@@ -50,8 +51,9 @@ def select_kcenter(features: FeatureTable, n: int, *, seed: int) -> Selection:
     for step in range(n):
         if step:
             indices[step] = int(np.argmax(min_d2))
-        diff = x - x[indices[step]]
-        min_d2 = np.minimum(min_d2, np.einsum("ij,ij->i", diff, diff))
+        c = indices[step]
+        d2 = np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0)  # ‖x_i − x_c‖², one mat-vec
+        np.minimum(min_d2, d2, out=min_d2)
         min_d2[indices[: step + 1]] = -1.0  # never re-pick a center (covers exact duplicates)
     radius = float(np.sqrt(max(min_d2.max(), 0.0)))
     return make_selection(features, indices, "kcenter", {"seed": seed, "covering_radius": radius})
