@@ -119,9 +119,7 @@ def read_amazon(
         Reviews removed because the title filter removed their item.
     """
     events = _read_reviews(reviews)
-    titles, removed = _read_meta(
-        meta, min_title_length=min_title_length, append_brand=append_brand
-    )
+    titles, removed = _read_meta(meta, min_title_length=min_title_length, append_brand=append_brand)
     filtered = events["item_id"].isin(removed).to_numpy()
     if filtered.any():
         logger.info(
@@ -130,7 +128,5 @@ def read_amazon(
             int(filtered.sum()),
             len(removed),
         )
-    items = pd.DataFrame(
-        {"item_id": list(titles), "title": list(titles.values()), "line": 0}
-    )
+    items = pd.DataFrame({"item_id": list(titles), "title": list(titles.values()), "line": 0})
     return events[~filtered].reset_index(drop=True), items, int(filtered.sum())

@@ -125,7 +125,8 @@ def prepare(
         card["seconds"] = round(time.perf_counter() - start, 3)
         _write(out, samples, catalog, data.titles, card)
         bar.update()
-    logger.info("prepared %s in %.1f s: %s", out, card["seconds"], card["splits"])
+    counts = {split: stats["samples"] for split, stats in card["splits"].items()}
+    logger.info("prepared %s in %.1f s: %s samples", out, card["seconds"], counts)
     return out
 
 

@@ -41,7 +41,8 @@ def load_samples_ray(
         directory holding it).
     split : {"train", "valid", "test", "items"}
     num_blocks : int, optional
-        Number of output blocks (Ray's ``override_num_blocks``); ``None`` lets Ray decide.
+        Number of blocks (a one-file split is read as one block, then repartitioned); ``None``
+        keeps what the reader produces.
 
     Returns
     -------
@@ -52,4 +53,7 @@ def load_samples_ray(
 
     file = samples_file(path, split)
     schema = None if split == "items" else SAMPLE_SCHEMA
-    return ray.data.read_parquet(str(file), schema=schema, override_num_blocks=num_blocks)
+    if num_blocks is not None and num_blocks < 1:
+        raise ValueError(f"`num_blocks` must be ≥ 1 or None, got {num_blocks}")
+    ds = ray.data.read_parquet(str(file), schema=schema)
+    return ds if num_blocks is None else ds.repartition(num_blocks)

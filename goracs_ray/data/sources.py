@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import gzip
-import json
 import logging
 import zlib
 from collections.abc import Iterator
@@ -235,7 +233,7 @@ def normalize_titles(df: pd.DataFrame, path: Path, cols: ColumnMap) -> pd.Series
     out = out[out != ""]
     dup = out.index.duplicated(keep="first")
     if dup.any():
-        logger.warning("`%s`: %d repeated item ids; the first title of each is used", path, dup.sum())
+        logger.warning("`%s`: %d repeated item ids; the first title is used", path, dup.sum())
         out = out[~dup]
     return out
 
