@@ -136,7 +136,7 @@ def _pip_download(dest: Path) -> None:
             proc = None
             detail = str(exc)
         else:
-            detail = (proc.stderr or proc.stdout).strip()[-500:]
+            detail = " ".join((proc.stderr or proc.stdout).split())[-500:]
         got = Path(tmp) / RECBOLE_WHEEL
         if proc is None or proc.returncode != 0 or not got.is_file():
             raise FileNotFoundError(
