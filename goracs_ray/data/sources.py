@@ -133,7 +133,7 @@ def reading(path: Path) -> Iterator[None]:
 
 def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
     """A Parquet, CSV or RecBole atomic file → (frame, location unit); ``line`` column added."""
-    name = path.name.lower()
+    name = path.name.lower().removesuffix(".gz")
     with reading(path):
         if name.endswith(".parquet"):
             df = pq.read_table(path).to_pandas()

@@ -51,6 +51,19 @@ def test_every_source_format_gives_the_same_samples(tmp_path, toy_source, task):
             pd.testing.assert_frame_equal(tables[kind][split], ref[split], obj=f"{kind}/{split}")
 
 
+def test_parquet_datetime_and_tsv_gz_tables(tmp_path, toy_source, toy):
+    ref = prepare(_cfg(toy_source("recbole")), tmp_path / "ref", progress=False)
+    events = toy[0].assign(timestamp=pd.to_datetime(toy[0]["timestamp"], unit="s", utc=True))
+    src = toy_source("table-parquet", events=events)
+    out = prepare(_cfg(src), tmp_path / "dt", progress=False)
+    assert _read(out, "test").equals(_read(ref, "test"))
+    src = toy_source("table-csv")
+    tsv = tmp_path / "events.tsv.gz"
+    pd.read_csv(src["path"]).to_csv(tsv, sep="\t", index=False)
+    out = prepare(_cfg({**src, "path": str(tsv)}), tmp_path / "tsv", progress=False)
+    assert _read(out, "test").equals(_read(ref, "test"))
+
+
 def test_seqrec_prompt_matches_bigrec(tmp_path, toy_source, toy):
     out = prepare(_cfg(toy_source("recbole")), tmp_path / "o", progress=False)
     train = _read(out, "train").to_pandas()
