@@ -196,7 +196,9 @@ def split_sizes(n: int, valid_size: int | float, test_size: int | float) -> tupl
     return n - valid - test, valid, test
 
 
-def assign_splits(samples: pd.DataFrame, valid_size: int | float, test_size: int | float):
+def assign_splits(
+    samples: pd.DataFrame, valid_size: int | float, test_size: int | float
+) -> pd.DataFrame:
     """Global temporal split: sort by (target timestamp, sample_id); most recent → test, the block
     before → valid, the rest → train. Returns ``samples`` in that order with a ``split`` column."""
     ordered = samples.sort_values(["timestamp", "sample_id"], kind="stable")

@@ -71,14 +71,14 @@ def load_source(cfg: SourceConfig) -> Interactions:
             min_title_length=cfg.min_title_length,
             append_brand=cfg.append_brand,
         )
-        cols, unit = ColumnMap(), "line"
+        cols, unit, item_unit = ColumnMap(), "line", "line"
     else:
         cols = _ML100K_COLUMNS if cfg.kind is SourceKind.ML_100K else cfg.columns
         raw, unit = _read_table(inter_path)
-        items = _read_table(items_path)[0]
+        items, item_unit = _read_table(items_path)
         dropped = 0
     events = normalize_events(raw, inter_path, cols, unit=unit)
-    titles = normalize_titles(items, items_path, cols)
+    titles = normalize_titles(items, items_path, cols, unit=item_unit)
     events = drop_duplicates(events, inter_path, policy=cfg.on_duplicate, unit=unit)
     events = attach_titles(events, titles, inter_path, items_path, cfg.on_missing_title, unit)
     if events.empty:
@@ -224,10 +224,12 @@ def normalize_events(df: pd.DataFrame, path: Path, cols: ColumnMap, *, unit: str
     )
 
 
-def normalize_titles(df: pd.DataFrame, path: Path, cols: ColumnMap) -> pd.Series:
+def normalize_titles(
+    df: pd.DataFrame, path: Path, cols: ColumnMap, *, unit: str = "line"
+) -> pd.Series:
     """Item table → title (str) indexed by item id (str); empty titles are left out."""
     _require(df, path, {"item_id": cols.item_id, "title": cols.title})
-    ids = _ids(df, cols.item_id, path, "line")
+    ids = _ids(df, cols.item_id, path, unit)
     titles = df[cols.title].astype("string").fillna("").str.strip()
     out = pd.Series(titles.to_numpy(dtype=object), index=ids.to_numpy(), name="title")
     out = out[out != ""]
