@@ -16,7 +16,12 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # One entry per stage package that contributes subcommands, in the order shown in --help.
-_COMMAND_MODULES: tuple[str, ...] = ("goracs_ray.features.cli",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "goracs_ray.data.cli",
+    "goracs_ray.features.cli",
+    "goracs_ray.train.cli",
+    "goracs_ray.evaluate.cli",
+)
 
 _USER_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, KeyError)
 

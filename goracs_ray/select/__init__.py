@@ -1,5 +1,6 @@
 """Coreset selection: GORACS (POO + ITRA) and baselines behind one registry. No Ray inside."""
 
+from goracs_ray.select import baselines  # noqa: F401  (registers the baseline methods)
 from goracs_ray.select.registry import (
     available_selectors,
     get_selector,

@@ -1,1 +1,8 @@
-"""goracs_ray.train."""
+"""LoRA fine-tuning on Ray Train (`TorchTrainer`, optional DeepSpeed ZeRO), checkpointed."""
+
+from goracs_ray.train.config import TrainConfig
+from goracs_ray.train.ds_config import deepspeed_config
+from goracs_ray.train.finetune import finetune
+from goracs_ray.train.worker import FaultInjection
+
+__all__ = ["FaultInjection", "TrainConfig", "deepspeed_config", "finetune"]

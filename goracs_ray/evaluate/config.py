@@ -1,0 +1,59 @@
+"""`EvalConfig`: the YAML ``evaluate:`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["EvalConfig"]
+
+
+@dataclass
+class EvalConfig:
+    """Test-set evaluation: grounded ranking (SeqRec) or AUC (CTR)."""
+
+    batch_size: int = 8
+    """Test samples per generation / scoring batch."""
+    num_beams: int = 4
+    """Beam width of the SeqRec generation (BIGRec: 4)."""
+    num_return_sequences: int = 1
+    """Beams kept per sample; a candidate's distance is its minimum over them (≤ num_beams)."""
+    max_new_tokens: int = 32
+    """Cap on generated tokens (a title plus quotes)."""
+    max_length: int = 512
+    """Prompt token cap; longer prompts lose their oldest tokens (the left)."""
+    embed_batch_size: int = 64
+    """Titles per forward pass when embedding the catalog for grounding."""
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    """Cut-offs of NDCG@K and HR@K."""
+    max_samples: int | None = None
+    """Evaluate only the first this many test samples (None: all)."""
+    cache_dir: str | None = None
+    """Where catalog embeddings are cached across runs (None: in memory only)."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:1"``."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "batch_size",
+            "num_beams",
+            "num_return_sequences",
+            "max_new_tokens",
+            "max_length",
+            "embed_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`evaluate.{name}` must be ≥ 1, got {getattr(self, name)}")
+        if self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"`evaluate.num_return_sequences` ({self.num_return_sequences}) must be ≤ "
+                f"`evaluate.num_beams` ({self.num_beams})"
+            )
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError(f"`evaluate.ks` must be a non-empty list of K ≥ 1, got {self.ks}")
+        self.ks = sorted(set(self.ks))
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"`evaluate.max_samples` must be ≥ 1 or null, got {self.max_samples}")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ValueError(
+                f"`evaluate.device` must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}"
+            )

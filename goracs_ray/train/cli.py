@@ -1,0 +1,60 @@
+"""`goracs finetune`: LoRA fine-tuning of one sample set on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+
+from goracs_ray.configutil import apply_overrides, from_dict, load_yaml
+from goracs_ray.data.schema import Task
+
+__all__ = ["register"]
+
+
+def load_section(path: str | None, section: str, overrides: list[str]) -> dict:
+    """The ``section:`` mapping of a YAML file (or the whole file if it has no such key)."""
+    data = load_yaml(path) if path else {}
+    data = data.get(section, data) if isinstance(data.get(section), dict) else data
+    return apply_overrides(dict(data), overrides)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="LoRA fine-tuning on Ray Train (+DeepSpeed)",
+        description="Fine-tune a HF causal LM with LoRA on SAMPLE_SCHEMA Parquet samples; writes "
+        "OUT/adapter (peft), OUT/train_metrics.json and OUT/checkpoints (Ray Train storage).",
+    )
+    p.add_argument("--model", required=True, help="base HF model dir")
+    p.add_argument("--train", required=True, help="training samples Parquet (e.g. the coreset)")
+    p.add_argument("--valid", required=True, help="validation samples Parquet")
+    p.add_argument("--out", required=True, help="output dir")
+    p.add_argument("--task", required=True, choices=[t.value for t in Task])
+    p.add_argument("--config", help="YAML with TrainConfig fields (top level or under `train:`)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field, e.g. --set epochs=5 --set lora.r=16",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
+    p.add_argument("--no-resume", action="store_true", help="ignore earlier checkpoints")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from goracs_ray.train import TrainConfig, finetune
+
+    cfg = from_dict(TrainConfig, load_section(args.config, "train", args.set), where="train")
+    adapter = finetune(
+        cfg,
+        model_path=args.model,
+        train_samples=args.train,
+        valid_samples=args.valid,
+        out_dir=args.out,
+        task=args.task,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+    )
+    print(adapter)
+    return 0

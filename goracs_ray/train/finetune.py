@@ -1,0 +1,206 @@
+"""Driver: `finetune` builds a Ray Train `TorchTrainer` and writes the best LoRA adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from goracs_ray.configutil import to_dict
+from goracs_ray.data.schema import Task
+from goracs_ray.io import atomic_dir, write_json
+from goracs_ray.train.config import TrainConfig
+from goracs_ray.train.core import SAMPLE_COLUMNS
+from goracs_ray.train.worker import FaultInjection, train_func
+
+__all__ = ["finetune"]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_dataset(samples: Any, name: str):
+    """A Parquet path or a Ray Dataset → materialised Ray Dataset of the fine-tuning columns."""
+    import ray.data
+
+    if isinstance(samples, (str, os.PathLike)):
+        path = Path(samples)
+        if not path.exists():
+            raise FileNotFoundError(f"`{name}` Parquet `{path}` does not exist")
+        columns = pq.read_schema(path).names if path.is_file() else None
+        ds = ray.data.read_parquet(str(path))
+    elif isinstance(samples, ray.data.Dataset):
+        ds, columns = samples, None
+    else:
+        raise TypeError(
+            f"`{name}` must be a Parquet path or a ray.data.Dataset, got {type(samples)}"
+        )
+    columns = columns if columns is not None else ds.schema().names
+    missing = [c for c in ("sample_id", *SAMPLE_COLUMNS) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"`{name}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}; samples must follow "
+            "goracs_ray.data.schema.SAMPLE_SCHEMA"
+        )
+    ds = ds.select_columns(["sample_id", *SAMPLE_COLUMNS]).materialize()
+    ids = ds.select_columns(["sample_id"]).to_pandas()["sample_id"].astype(str)
+    fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return ds, len(ids), fingerprint
+
+
+# Fields that do not change the per-epoch trajectory: a run extended by more epochs, more patience
+# or more failures allowed continues from the earlier run's latest checkpoint.
+_RESUMABLE_CHANGES = ("epochs", "patience", "max_failures", "checkpoints_to_keep", "storage_path")
+
+
+def _run_name(cfg: TrainConfig, task: Task, model_path: Path, samples: list[str]) -> str:
+    """Stable per (trajectory-defining config, task, model, sample ids): a rerun resumes."""
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    key = json.dumps([fields, task.value, str(model_path.resolve()), samples], sort_keys=True)
+    return "finetune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _trainer(cfg: TrainConfig, *, loop_config: dict, datasets: dict, storage: str, name: str):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    workers = cfg.num_workers if cfg.min_workers is None else (cfg.min_workers, cfg.num_workers)
+    return TorchTrainer(
+        train_func,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+        ),
+        datasets=datasets,
+    )
+
+
+def finetune(
+    cfg: TrainConfig,
+    *,
+    model_path: str | os.PathLike[str],
+    train_samples: Any,
+    valid_samples: Any,
+    out_dir: str | os.PathLike[str],
+    task: Task | str,
+    resume: bool = True,
+    overwrite: bool = False,
+    fault: FaultInjection | None = None,
+) -> Path:
+    """LoRA fine-tuning on Ray Train; returns the adapter dir of the best validation epoch.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    model_path : path
+        HF causal-LM dir (e.g. from ``goracs_ray.models.tiny.build_tiny_llm``).
+    train_samples, valid_samples : path or ray.data.Dataset
+        SAMPLE_SCHEMA rows (Parquet file/dir or Dataset; ``instruction``, ``input``, ``output``
+        are used). Each worker trains on an equal shard (remainder rows dropped per epoch).
+    out_dir : path
+        Writes ``adapter/`` (peft dir, atomically), ``train_metrics.json`` (per-epoch history) and,
+        unless ``cfg.storage_path`` is set, ``checkpoints/`` (Ray Train storage).
+    task : Task or str
+        ``"seqrec"`` (causal-LM loss on the answer) or ``"ctr"`` (Yes/No 2-way loss).
+    resume : bool
+        Continue the Ray run of an identical earlier call from its latest checkpoint (default);
+        False deletes that run's local checkpoints first.
+    overwrite : bool
+        Replace an existing ``out_dir/adapter``.
+    fault : FaultInjection, optional
+        Test hook that kills one worker once (fault-tolerance tests).
+
+    Returns
+    -------
+    Path
+        ``out_dir/adapter`` — loadable with ``peft.PeftModel.from_pretrained``.
+    """
+    from goracs_ray.raycluster import ensure_ray
+
+    task, model_path, out_dir = Task(task), Path(model_path), Path(out_dir)
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"`model_path` {model_path} is not a HF model dir (no config.json)")
+    adapter_dir = out_dir / "adapter"
+    if adapter_dir.exists() and not overwrite:
+        raise FileExistsError(f"`{adapter_dir}` already exists; pass overwrite=True to replace it")
+    ensure_ray()
+    train_ds, n_train, train_fp = _as_dataset(train_samples, "train_samples")
+    valid_ds, n_valid, valid_fp = _as_dataset(valid_samples, "valid_samples")
+    min_workers = cfg.min_workers or cfg.num_workers
+    if min(n_train, n_valid) < cfg.num_workers:
+        raise ValueError(
+            f"`train_samples` ({n_train}) and `valid_samples` ({n_valid}) need ≥ `num_workers` "
+            f"({cfg.num_workers}) rows each; lower `train.num_workers`"
+        )
+    storage = cfg.storage_path or str((out_dir / "checkpoints").resolve())
+    name = _run_name(cfg, task, model_path, [train_fp, valid_fp])
+    if not resume and "://" not in storage:
+        shutil.rmtree(Path(storage) / name, ignore_errors=True)
+    logger.info(
+        "fine-tuning %s on %d samples (%d valid), %s-%d workers, DeepSpeed %s, run %s/%s",
+        task.value,
+        n_train,
+        n_valid,
+        min_workers,
+        cfg.num_workers,
+        cfg.deepspeed_setting,
+        storage,
+        name,
+    )
+    loop_config = {
+        "cfg": cfg,
+        "task": task.value,
+        "model_path": str(model_path.resolve()),
+        "fault": fault,
+    }
+    trainer = _trainer(
+        cfg,
+        loop_config=loop_config,
+        storage=storage,
+        name=name,
+        datasets={"train": train_ds, "valid": valid_ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt:
+        state = json.loads((Path(ckpt) / "state.json").read_text())
+        best = Path(ckpt) / "best_adapter"
+        with atomic_dir(adapter_dir, overwrite=overwrite) as part:
+            shutil.copytree(best, part, dirs_exist_ok=True)
+    write_json(
+        out_dir / "train_metrics.json",
+        {
+            "task": task.value,
+            "best_epoch": state["best_epoch"],
+            "best_valid_loss": state["best_loss"],
+            "stopped_early": len(state["history"]) < cfg.epochs,
+            "epochs": state["history"],
+            "n_train": n_train,
+            "n_valid": n_valid,
+            "deepspeed": cfg.deepspeed_setting,
+            "ray_run": f"{storage}/{name}",
+            "config": to_dict(cfg),
+        },
+    )
+    logger.info(
+        "adapter of epoch %d (valid loss %.4f) written to %s",
+        state["best_epoch"],
+        state["best_loss"],
+        adapter_dir,
+    )
+    return adapter_dir

@@ -1,0 +1,283 @@
+"""Ray Train shell: the per-worker ``train_func`` run by `TorchTrainer` on every worker.
+
+Each epoch: train on this worker's shard (``ray.train.get_dataset_shard("train")``), compute the
+global validation loss, and report metrics plus a checkpoint through ``ray.train.report``. On
+(re)start the latest checkpoint (``ray.train.get_checkpoint()``) restores the LoRA weights,
+optimiser state and early-stopping state, so training resumes at the next epoch.
+
+Checkpoint layout (one directory per epoch, merged from all workers' uploads):
+``adapter/`` (this epoch's LoRA), ``best_adapter/`` (lowest validation loss so far),
+``state.json`` (epoch, early stopping, history), ``optimizer.pt`` (plain DDP) or ``ds/`` (DeepSpeed
+engine checkpoint, frozen weights excluded, one optimiser shard per rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from goracs_ray.data.schema import Task
+from goracs_ray.train.config import TrainConfig
+from goracs_ray.train.core import (
+    DeepSpeedStepper,
+    EarlyStopping,
+    TorchStepper,
+    collate,
+    eval_loss,
+    global_mean,
+    train_epoch,
+    write_adapter,
+)
+from goracs_ray.train.ds_config import deepspeed_config
+
+__all__ = ["FaultInjection", "train_func"]
+
+logger = logging.getLogger(__name__)
+
+_DS_TAG = "ds"
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test hook: kill one training worker mid-epoch, once.
+
+    The worker of ``rank`` exits abruptly (``os._exit``) after micro-batch ``step`` of ``epoch``
+    if ``marker`` does not exist yet, creating it first, so the restarted run does not die again.
+    """
+
+    marker: str
+    epoch: int = 1
+    step: int = 0
+    rank: int = 1
+
+    def maybe_kill(self, *, rank: int, epoch: int, step: int) -> None:
+        if (rank, epoch, step) == (self.rank, self.epoch, self.step) and not os.path.exists(
+            self.marker
+        ):
+            Path(self.marker).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
+            os._exit(1)
+
+
+def _batches(shard, tokenizer, *, batch_size: int, max_length: int, device, seed: int | None):
+    shuffle = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": seed}
+    for rows in shard.iter_batches(
+        batch_size=batch_size, batch_format="numpy", **(shuffle if seed is not None else {})
+    ):
+        yield {k: v.to(device) for k, v in collate(tokenizer, rows, max_length=max_length).items()}
+
+
+def _lora_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def _restore(model, ckpt_dir: Path) -> tuple[EarlyStopping, dict[str, torch.Tensor] | None]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(ckpt_dir / "adapter/adapter_model.safetensors")))
+    stopper = EarlyStopping.from_json((ckpt_dir / "state.json").read_text())
+    best_file = ckpt_dir / "best_adapter/adapter_model.safetensors"
+    return stopper, (load_file(str(best_file)) if best_file.is_file() else None)
+
+
+def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None):
+    """Wrap the model (DDP or DeepSpeed), build AdamW and restore optimiser state."""
+    import ray.train.torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bf16 = cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    ds_cfg = deepspeed_config(
+        cfg.deepspeed_setting,
+        micro_batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        grad_clip=cfg.grad_clip,
+        bf16=bf16,
+    )
+    if ds_cfg is None:
+        wrapped = ray.train.torch.prepare_model(model)
+        if ckpt_dir is not None:
+            optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+        stepper = TorchStepper(
+            wrapped, optimizer, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip
+        )
+        return stepper, ds_cfg
+    import deepspeed
+
+    if not cfg.use_gpu:
+        # The shm all-reduce op would be JIT-compiled (minutes) on CPU; gloo does the job.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    engine, *_ = deepspeed.initialize(
+        model=model.to(device), optimizer=optimizer, config=ds_cfg, dist_init_required=False
+    )
+    if ckpt_dir is not None:
+        engine.load_checkpoint(str(ckpt_dir / _DS_TAG), tag=_DS_TAG, load_module_strict=False)
+    return DeepSpeedStepper(engine), ds_cfg
+
+
+def _save_checkpoint(
+    tmp: Path,
+    *,
+    rank: int,
+    peft_model,
+    stepper,
+    ds_cfg,
+    stopper: EarlyStopping,
+    best: dict[str, torch.Tensor] | None,
+) -> None:
+    """Write this worker's part of the epoch checkpoint into ``tmp``."""
+    zero3 = ds_cfg is not None and ds_cfg.get("zero_optimization", {}).get("stage") == 3
+    if ds_cfg is not None:
+        stepper.model.save_checkpoint(
+            str(tmp / _DS_TAG), tag=_DS_TAG, exclude_frozen_parameters=True
+        )
+    if zero3:
+        import deepspeed
+
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable):
+            state = _lora_state(peft_model)
+    else:
+        state = _lora_state(peft_model)
+    if rank != 0:
+        return
+    peft_config = peft_model.peft_config["default"]
+    write_adapter(peft_config, state, tmp / "adapter")
+    if best is not None:
+        write_adapter(peft_config, best, tmp / "best_adapter")
+    if ds_cfg is None:
+        torch.save(stepper.optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(stopper.to_json())
+
+
+@dataclass
+class _Worker:
+    """What one worker holds for the whole run."""
+
+    cfg: TrainConfig
+    task: Task
+    rank: int
+    device: torch.device
+    model: Any  # the peft model (unwrapped)
+    tokenizer: Any
+    stepper: TorchStepper | DeepSpeedStepper
+    ds_cfg: dict[str, Any] | None
+    yes_no: torch.Tensor | None
+    fault: FaultInjection | None
+
+    def epoch(self, epoch: int, train_shard, valid_shard) -> tuple[float, float]:
+        """Train one epoch on this worker's shard; return the global (train, valid) losses."""
+        cfg, fault, rank = self.cfg, self.fault, self.rank
+        batches = _batches(
+            train_shard,
+            self.tokenizer,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            device=self.device,
+            seed=cfg.seed + epoch,
+        )
+        on_step = None
+        if fault is not None:
+
+            def on_step(i: int) -> None:
+                fault.maybe_kill(rank=rank, epoch=epoch, step=i)
+
+        sums = train_epoch(
+            self.stepper, batches, task=self.task, yes_no_ids=self.yes_no, on_step=on_step
+        )
+        valid = _batches(
+            valid_shard,
+            self.tokenizer,
+            batch_size=cfg.eval_batch_size,
+            max_length=cfg.max_length,
+            device=self.device,
+            seed=None,
+        )
+        vsums = eval_loss(self.stepper.model, valid, task=self.task, yes_no_ids=self.yes_no)
+        return global_mean(*sums), global_mean(*vsums)
+
+
+def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]:
+    """Load the model, restore the latest checkpoint if any, wrap for DDP/DeepSpeed."""
+    import ray.train
+    import ray.train.torch
+
+    from goracs_ray.models.lm import load_causal_lm
+    from goracs_ray.models.losses import ctr_token_ids
+
+    cfg: TrainConfig = config["cfg"]
+    task = Task(config["task"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # identical LoRA init on every worker
+    model, tokenizer = load_causal_lm(config["model_path"], lora=cfg.lora)
+    stopper, best = EarlyStopping(cfg.patience), None
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt:
+        ckpt_dir = Path(ckpt) if ckpt else None
+        if ckpt_dir is not None:
+            stopper, best = _restore(model, ckpt_dir)
+            logger.info("rank %d resumes after epoch %d", rank, len(stopper.history) - 1)
+        stepper, ds_cfg = _setup(cfg, model, device, ckpt_dir)
+    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across workers
+    yes_no = ctr_token_ids(tokenizer).to(device) if task is Task.CTR else None
+    worker = _Worker(
+        cfg, task, rank, device, model, tokenizer, stepper, ds_cfg, yes_no, config.get("fault")
+    )
+    return worker, stopper, best
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Per-worker training loop (``train_loop_config`` built by `goracs_ray.train.finetune`).
+
+    Keys: ``cfg`` (TrainConfig), ``task`` (Task value), ``model_path`` (str), ``fault``
+    (FaultInjection or None).
+    """
+    import ray.train
+
+    w, stopper, best = _start(config)
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    for epoch in range(len(stopper.history), w.cfg.epochs):
+        if stopper.should_stop:
+            break
+        train_loss, valid_loss = w.epoch(epoch, train_shard, valid_shard)
+        if stopper.update(epoch, valid_loss):
+            best = _lora_state(w.model)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "valid_loss": valid_loss,
+            "best_valid_loss": stopper.best_loss,
+            "best_epoch": stopper.best_epoch,
+        }
+        stopper.history.append(metrics)
+        if w.rank == 0:
+            logger.info(
+                "epoch %d: train loss %.4f, valid loss %.4f (best %.4f at epoch %d)",
+                epoch,
+                train_loss,
+                valid_loss,
+                stopper.best_loss,
+                stopper.best_epoch,
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_checkpoint(
+                Path(tmp),
+                rank=w.rank,
+                peft_model=w.model,
+                stepper=w.stepper,
+                ds_cfg=w.ds_cfg,
+                stopper=stopper,
+                best=best,
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,0 +1,208 @@
+"""Fine-tuning on a real local Ray Train (2 CPU workers), checkpoints, resume, DeepSpeed, faults."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from goracs_ray.io import read_json
+from goracs_ray.models.lm import LoraSettings
+from goracs_ray.train import FaultInjection, TrainConfig, deepspeed_config, finetune
+from goracs_ray.train.core import EarlyStopping
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        epochs=1,
+        batch_size=2,
+        eval_batch_size=4,
+        max_length=64,
+        lr=5e-3,
+        num_workers=2,
+        cpus_per_worker=0.5,
+        deepspeed=None,
+        lora=LoraSettings(r=4, alpha=8),
+        max_failures=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _lora_b_norm(adapter_dir) -> float:
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    return float(sum(np.linalg.norm(v) for k, v in tensors.items() if "lora_B" in k))
+
+
+def test_two_worker_finetune_checkpoints_and_resumes(
+    ray_local, tmp_path, train_data, train_model_dir
+):
+    train, valid = train_data["seqrec"]
+    out = tmp_path / "ft"
+    kw = dict(
+        model_path=train_model_dir,
+        train_samples=train,
+        valid_samples=valid,
+        out_dir=out,
+        task="seqrec",
+    )
+    # Elastic range (1..2 workers): the 2 free fractional-CPU slots give 2 workers.
+    adapter = finetune(_cfg(tmp_path, min_workers=1), **kw)
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert _lora_b_norm(adapter) > 0  # lora_B starts at 0: training moved it
+    first = read_json(out / "train_metrics.json")
+    assert [e["epoch"] for e in first["epochs"]] == [0]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        finetune(_cfg(tmp_path, min_workers=1), **kw)
+
+    # Same run, two epochs: resumes after epoch 0 from its checkpoint instead of redoing it.
+    finetune(_cfg(tmp_path, epochs=2, min_workers=1), overwrite=True, **kw)
+    second = read_json(out / "train_metrics.json")
+    assert [e["epoch"] for e in second["epochs"]] == [0, 1]
+    assert second["epochs"][0] == first["epochs"][0]
+    assert all(math.isfinite(e["valid_loss"]) for e in second["epochs"])
+    assert second["best_epoch"] == int(np.argmin([e["valid_loss"] for e in second["epochs"]]))
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(train_model_dir), adapter
+    )
+    assert model.peft_config["default"].r == 4
+
+
+def test_worker_killed_mid_epoch_deepspeed_restores_and_finishes(
+    ray_local, tmp_path, train_data, train_model_dir
+):
+    """Rank 1 dies in epoch 1: Ray Train restarts from epoch 0's checkpoint (DeepSpeed ZeRO-2
+    on CPU/gloo) and finishes; each epoch is reported once and the adapter written once."""
+    train, valid = train_data["ctr"]
+    marker = tmp_path / "killed.txt"
+    out = tmp_path / "ft"
+    adapter = finetune(
+        _cfg(tmp_path, epochs=2, deepspeed=2),
+        model_path=train_model_dir,
+        train_samples=train,
+        valid_samples=valid,
+        out_dir=out,
+        task="ctr",
+        fault=FaultInjection(str(marker), epoch=1, step=1, rank=1),
+    )
+    assert marker.read_text().startswith("killed rank 1 at epoch 1")
+    metrics = read_json(out / "train_metrics.json")
+    assert [e["epoch"] for e in metrics["epochs"]] == [0, 1]
+    assert metrics["deepspeed"] == 2
+    assert (adapter / "adapter_config.json").is_file()
+    assert not any(p.name.endswith((".part", ".old")) for p in out.iterdir())
+    ckpts = sorted((out / "checkpoints").glob("finetune-*/checkpoint_*"))
+    assert any((c / "ds" / "ds").is_dir() for c in ckpts)
+
+
+def test_deepspeed_config_generation_and_user_json(tmp_path):
+    cfg = deepspeed_config(2, micro_batch_size=4, grad_accum=3, grad_clip=0.5)
+    assert cfg["zero_optimization"]["stage"] == 2
+    assert cfg["train_micro_batch_size_per_gpu"] == 4
+    assert cfg["gradient_accumulation_steps"] == 3
+    assert "train_batch_size" not in cfg  # derived from the (elastic) world size
+    assert "optimizer" not in cfg
+    assert deepspeed_config(None, micro_batch_size=4, grad_accum=1) is None
+    user = tmp_path / "ds.json"
+    user.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 3},
+                "train_micro_batch_size_per_gpu": "auto",
+                "train_batch_size": "auto",
+            }
+        )
+    )
+    filled = deepspeed_config(
+        TrainConfig(deepspeed=str(user)).deepspeed_setting, micro_batch_size=8, grad_accum=2
+    )
+    assert filled == {
+        "zero_optimization": {"stage": 3},
+        "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 2,
+    }
+    user.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    with pytest.raises(ValueError, match="`optimizer`"):
+        deepspeed_config(user, micro_batch_size=8, grad_accum=2)
+
+
+def test_deepspeed_auto_is_stage_2_on_gpu_only():
+    assert TrainConfig(use_gpu=True).deepspeed_setting == 2
+    assert TrainConfig(use_gpu=False).deepspeed_setting is None
+    assert TrainConfig(deepspeed=3).deepspeed_setting == 3
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"epochs": 0}, "train.epochs"),
+        ({"min_workers": 3, "num_workers": 2}, "train.min_workers"),
+        ({"deepspeed": 4}, "train.deepspeed"),
+        ({"patience": 0}, "train.patience"),
+        ({"lr": 0.0}, "train.lr"),
+    ],
+)
+def test_train_config_rejects_bad_values(kw, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        TrainConfig(**kw)
+
+
+def test_missing_deepspeed_json_names_the_field(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.deepspeed"):
+        TrainConfig(deepspeed=str(tmp_path / "nope.json"))
+
+
+def test_early_stopping_patience():
+    stop = EarlyStopping(patience=2)
+    assert stop.update(0, 1.0)
+    assert not stop.update(1, 1.5)
+    assert not stop.should_stop
+    assert not stop.update(2, 1.2)
+    assert stop.should_stop
+    assert (stop.best_epoch, stop.best_loss) == (0, 1.0)
+    assert EarlyStopping.from_json(stop.to_json()) == stop
+
+
+def test_finetune_rejects_samples_without_the_prompt_columns(ray_local, tmp_path, train_model_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"sample_id": ["a"], "output": ["x"]}), bad)
+    with pytest.raises(ValueError, match="`instruction`"):
+        finetune(
+            _cfg(tmp_path),
+            model_path=train_model_dir,
+            train_samples=bad,
+            valid_samples=bad,
+            out_dir=tmp_path / "o",
+            task="seqrec",
+        )
+    assert not (tmp_path / "o" / "adapter").exists()
+
+
+def test_train_config_from_yaml_section(tmp_path):
+    from goracs_ray.configutil import from_dict
+    from goracs_ray.train.cli import load_section
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 4\n  lora:\n    r: 16\n    target_modules: [v_proj]\n")
+    cfg = from_dict(TrainConfig, load_section(str(path), "train", ["deepspeed=3"]), where="train")
+    assert (cfg.epochs, cfg.lora.r, cfg.lora.target_modules, cfg.deepspeed) == (
+        4,
+        16,
+        ("v_proj",),
+        3,
+    )
+    with pytest.raises(ValueError, match=r"train\.lora\.rank"):
+        from_dict(TrainConfig, {"lora": {"rank": 2}}, where="train")
