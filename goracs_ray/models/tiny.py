@@ -40,7 +40,7 @@ SPECIAL_TOKENS = {
 ANSWER_WORDS = ("Yes", "No")
 """Words that must be single tokens, with and without a leading space (CTR answers)."""
 
-_BOOST = 200  # copies of the template/answer text, so BPE merges them into whole words
+_BOOST = 200  # min copies of the template/answer text, so BPE merges them into whole words
 
 
 def _train_tokenizer(texts: Sequence[str], vocab_size: int):
@@ -58,8 +58,10 @@ def _train_tokenizer(texts: Sequence[str], vocab_size: int):
         show_progress=False,
     )
     template = ALPACA_TEMPLATE.format(instruction="", input="")
-    answers = " ".join(f"{w}\n {w}" for w in ANSWER_WORDS)
-    boost = [template, answers] * _BOOST
+    answers = "\n".join(f"{w}\n {w}" for w in ANSWER_WORDS)  # "Yes\n Yes\nNo\n No"
+    # As frequent as the corpus is long: BPE merges by pair counts, so a fixed count loses to
+    # the catalog's own merges once the corpus is large (ml-100k: 80k prompts).
+    boost = [template, answers] * max(_BOOST, len(texts))
 
     def corpus():
         yield from boost

@@ -82,3 +82,16 @@ def test_models_core_does_not_import_ray():
         + "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_answers_stay_single_tokens_on_a_large_corpus_without_them():
+    """SeqRec text never contains the CTR answers; a big corpus must not crowd them out."""
+    from goracs_ray.models.tiny import _train_tokenizer
+
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzNY"))
+    words = ["".join(rng.choice(letters, 4)) for _ in range(400)]
+    texts = [" ".join(rng.choice(words, 40)) for _ in range(20_000)]
+    tokenizer = _train_tokenizer(texts, 1024)
+    for text in ("Yes", "No", " Yes", " No"):
+        assert len(tokenizer.encode(text, add_special_tokens=False)) == 1, text
