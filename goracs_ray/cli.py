@@ -16,7 +16,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # One entry per stage package that contributes subcommands, in the order shown in --help.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("goracs_ray.select.cli",)
 
 _USER_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, KeyError)
 

@@ -192,7 +192,7 @@ def greedy_init(
         heap.extend((float(g), start + k) for k, g in enumerate(gains) if start + k != first)
     heapq.heapify(heap)
     n_evals = cost.shape[0]
-    bar = tqdm(total=n, desc="greedy", disable=not progress, initial=1)
+    bar = tqdm(total=n, desc="greedy", disable=None if progress else True, initial=1)
     while _needs_more(support, len(chosen), n, trim) and heap:
         while True:
             popped = [heapq.heappop(heap) for _ in range(min(_POP_BATCH, len(heap)))]

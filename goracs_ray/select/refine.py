@@ -357,7 +357,7 @@ def refine(
     state = _State(members, cost_members, solve_ot(cost_members))
     trace, seconds, swaps = [state.solution.value], [time.perf_counter() - t0], []
     n_solves, n_tried, reason = 1, 0, StopReason.MAX_ITERS
-    bar = tqdm(total=max_iters, desc="exchange", disable=not progress)
+    bar = tqdm(total=max_iters, desc="exchange", disable=None if progress else True)
     while len(swaps) < max_iters:
         if time.perf_counter() > deadline:
             reason = StopReason.TIME_LIMIT
