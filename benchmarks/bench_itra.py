@@ -28,22 +28,7 @@ from goracs_ray.select.cost import cost_matrix
 from goracs_ray.select.greedy import greedy_dense, greedy_init
 from goracs_ray.select.ot import solve_ot
 from goracs_ray.select.refine import Estimator, refine
-
-
-def make_problem(n_train: int, n_valid: int, *, dim: int = 768, seed: int = 0):
-    """Mixture embeddings (N, d), (M, d) float32 and log-normal grad norms (N,) float32."""
-    rng = np.random.default_rng(seed)
-    clusters, latent = 1000, 16
-    basis = np.linalg.qr(rng.normal(size=(dim, latent)))[0]
-    centers = rng.normal(size=(clusters, latent)) * 5.0
-
-    def sample(count: int) -> np.ndarray:
-        z = centers[rng.integers(0, clusters, count)] + rng.normal(size=(count, latent))
-        return (z @ basis.T + 0.05 * rng.normal(size=(count, dim))).astype(np.float32)
-
-    train, valid = sample(n_train), sample(n_valid)
-    grads = rng.lognormal(0.0, 0.25, n_train).astype(np.float32)
-    return train, valid, grads
+from goracs_ray.select.synthetic import mixture_problem
 
 
 def _time_to_reach(trace: np.ndarray, seconds: np.ndarray, target: float) -> float:
@@ -77,7 +62,7 @@ def main() -> None:
     lam, cut_num, max_iters = 0.5, 30, 100
     print(f"problem: N={n_train} M={n_valid} d=768 n={n} lam={lam} cut_num={cut_num}")
 
-    train, valid, grads = make_problem(n_train, n_valid)
+    train, valid, grads = mixture_problem(n_train, n_valid)
     t0 = time.perf_counter()
     cost = cost_matrix(train, valid, grads, lam=lam).values
     print(f"cost_seconds: {time.perf_counter() - t0:.2f}")
