@@ -19,6 +19,7 @@ __all__ = ["main"]
 _COMMAND_MODULES: tuple[str, ...] = (
     "goracs_ray.data.cli",
     "goracs_ray.features.cli",
+    "goracs_ray.select.cli",
     "goracs_ray.train.cli",
     "goracs_ray.evaluate.cli",
 )

@@ -1,0 +1,154 @@
+"""`goracs select`: choose a coreset; write coreset.parquet and selection_trace.json."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from goracs_ray.configutil import to_dict
+from goracs_ray.io import atomic_dir, write_json, write_parquet
+from goracs_ray.select.config import SelectConfig, run_select
+from goracs_ray.select.inputs import load_feature_table, load_split_features
+from goracs_ray.select.refine import Estimator
+from goracs_ray.select.registry import available_selectors
+from goracs_ray.select.types import FeatureTable, Selection
+
+__all__ = ["register", "select_command", "write_selection"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the `select` subcommand."""
+    p = subparsers.add_parser(
+        "select",
+        help="choose a coreset (GORACS or a baseline)",
+        description="Choose a coreset and write OUT/coreset.parquet and OUT/selection_trace.json.",
+    )
+    src = p.add_argument_group("inputs (either --features, or --train and --valid)")
+    src.add_argument("--features", type=Path, help="features Parquet file or directory")
+    src.add_argument("--train", type=Path, help="training embeddings (.npy or .parquet)")
+    src.add_argument("--valid", type=Path, help="validation embeddings (.npy or .parquet)")
+    src.add_argument("--grad-norms", type=Path, help="(N,) .npy gradient norms (for .npy input)")
+    src.add_argument("--id-column", default="sample_id", help="id column (Parquet)")
+    src.add_argument("--embedding-column", default="embedding", help="vector column (Parquet)")
+    src.add_argument("--grad-column", default="grad_norm", help="gradient-norm column (Parquet)")
+    src.add_argument("--label-column", help="class-label column: label-enhanced selection")
+    d = SelectConfig()
+    p.add_argument("--method", default=d.method, help=f"registered method (default {d.method})")
+    p.add_argument("--budget", type=int, required=True, help="n, samples to select")
+    p.add_argument("--lam", type=float, default=d.lam, help=f"λ ≥ 0 (default {d.lam})")
+    p.add_argument(
+        "--estimator", default=d.estimator.value, choices=[e.value for e in Estimator],
+        help="swap estimator (default corrected)",
+    )  # fmt: skip
+    p.add_argument("--max-iters", type=int, default=d.max_iters, help="max accepted swaps")
+    p.add_argument("--cut-num", type=int, default=d.cut_num, help="candidates per pruning side")
+    p.add_argument(
+        "--trim-inactive", action=argparse.BooleanOptionalAction, default=None,
+        help="greedy active-support trim (default: on for faithful, off for corrected)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="swaps per round")
+    p.add_argument("--time-limit", type=float, help="refinement time limit in seconds")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (randomised methods)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run)
+
+
+def _load(args: argparse.Namespace) -> FeatureTable:
+    if args.features is not None:
+        if args.train is not None or args.valid is not None:
+            raise ValueError("give either `--features` or `--train`/`--valid`, not both")
+        return load_feature_table(args.features, label_column=args.label_column)
+    if args.train is None or args.valid is None:
+        raise ValueError("give `--features PATH`, or both `--train PATH` and `--valid PATH`")
+    return load_split_features(
+        args.train, args.valid, grad_norms=args.grad_norms, id_column=args.id_column,
+        embedding_column=args.embedding_column, grad_column=args.grad_column or None,
+        label_column=args.label_column,
+    )  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = SelectConfig(
+        method=args.method, budget=args.budget, lam=args.lam, estimator=args.estimator,
+        max_iters=args.max_iters, cut_num=args.cut_num, trim_inactive=args.trim_inactive,
+        use_labels=True if args.label_column else None, batch_size=args.batch_size,
+        time_limit=args.time_limit, seed=args.seed,
+    )  # fmt: skip
+    inputs = {k: getattr(args, k) for k in ("features", "train", "valid", "grad_norms")}
+    select_command(cfg, _load(args), args.out, overwrite=args.overwrite, inputs=inputs)
+    return 0
+
+
+def select_command(
+    cfg: SelectConfig,
+    features: FeatureTable,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    inputs: dict[str, Any] | None = None,
+) -> Selection:
+    """Check the output location, run the selection, write it atomically; return it."""
+    if cfg.method not in available_selectors():
+        raise ValueError(
+            f"unknown `--method` {cfg.method!r}; choose one of {', '.join(available_selectors())}"
+        )
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"`{out}` already exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    selection = run_select(cfg, features, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - t0
+    write_selection(
+        out, selection, features, cfg, seconds=seconds, inputs=inputs or {}, overwrite=overwrite
+    )
+    logger.info(
+        "selected %d of %d samples in %.1f s → %s", selection.size, features.n_train, seconds, out
+    )
+    return selection
+
+
+def write_selection(
+    out: Path,
+    selection: Selection,
+    features: FeatureTable,
+    cfg: SelectConfig,
+    *,
+    seconds: float,
+    inputs: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write ``coreset.parquet`` (id, rank, class) and ``selection_trace.json`` atomically."""
+    classes = selection.classes
+    table = pa.table(
+        {
+            "sample_id": pa.array(selection.ids),
+            "rank": pa.array(np.arange(selection.size, dtype=np.int64)),
+            "class": pa.array(
+                [None] * selection.size if classes is None else classes, type=pa.int64()
+            ),
+        }
+    )
+    trace = {
+        "method": selection.method,
+        "budget": selection.size,
+        "n_train": features.n_train,
+        "n_valid": features.n_valid,
+        "dim": int(features.train_emb.shape[1]),
+        "seconds": seconds,
+        "inputs": {k: None if v is None else str(v) for k, v in inputs.items()},
+        "config": to_dict(cfg),
+        "info": selection.info,
+    }
+    with atomic_dir(out, overwrite=overwrite) as part:
+        write_parquet(part / "coreset.parquet", table)
+        write_json(part / "selection_trace.json", trace)
+    return out

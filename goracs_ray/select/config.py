@@ -1,0 +1,100 @@
+"""Configuration of the selection stage (``select:`` in the run YAML, ``goracs select`` flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from goracs_ray.select.refine import Estimator
+from goracs_ray.select.registry import run_selector
+from goracs_ray.select.types import FeatureTable, Selection
+
+__all__ = ["GORACS_METHODS", "SelectConfig", "run_select"]
+
+GORACS_METHODS = ("goracs", "goracs_greedy")
+"""Registry names that take the GORACS options below (other methods get ``options`` only)."""
+
+
+@dataclasses.dataclass
+class SelectConfig:
+    """How to choose the coreset."""
+
+    method: str = "goracs"
+    """Registry name of the selection method (``goracs``, ``goracs_greedy`` or a baseline)."""
+    budget: int = 1024
+    """n, the number of training samples to keep."""
+    lam: float = 0.1
+    """λ ≥ 0, weight of the gradient-norm term of POO (reference: SeqRec 0.1, CTR 0.5)."""
+    estimator: Estimator = Estimator.CORRECTED
+    """Swap estimator: ``corrected`` (default) or ``faithful`` (the reference code's quirks)."""
+    max_iters: int = 100
+    """Maximum accepted swaps in the refinement stage (0 = greedy only)."""
+    cut_num: int = 30
+    """Candidates kept by each of inner and outer pruning."""
+    trim_inactive: bool | None = None
+    """Active-support trim of the greedy stage; None = on for faithful, off for corrected."""
+    use_labels: bool | None = None
+    """Label-enhanced selection; None = whenever the features carry labels."""
+    batch_size: int = 1
+    """Candidate swaps evaluated per round (the best improving one of a round is accepted)."""
+    time_limit: float | None = None
+    """Stop refinement after this many seconds (None = no limit)."""
+    seed: int = 0
+    """Seed for randomised methods (GORACS itself is deterministic)."""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Extra keyword options passed to the method (e.g. a baseline's settings)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"`method` must be a registry name, got {self.method!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise ValueError(f"`budget` must be an integer >= 1, got {self.budget!r}")
+        if not self.lam >= 0:
+            raise ValueError(f"`lam` must be >= 0 (0 = pure distribution matching), got {self.lam}")
+        try:
+            self.estimator = Estimator(self.estimator)
+        except ValueError:
+            choices = ", ".join(e.value for e in Estimator)
+            raise ValueError(
+                f"`estimator` must be one of {choices}, got {self.estimator!r}"
+            ) from None
+        if self.max_iters < 0:
+            raise ValueError(f"`max_iters` must be >= 0, got {self.max_iters}")
+        if self.cut_num < 1:
+            raise ValueError(f"`cut_num` must be >= 1, got {self.cut_num}")
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"`time_limit` must be > 0 seconds or null, got {self.time_limit}")
+
+    def method_options(self) -> dict[str, Any]:
+        """Keyword options for the registered method."""
+        if self.method not in GORACS_METHODS:
+            return dict(self.options)
+        return {
+            "lam": self.lam,
+            "estimator": self.estimator,
+            "max_iters": self.max_iters,
+            "cut_num": self.cut_num,
+            "trim_inactive": self.trim_inactive,
+            "use_labels": self.use_labels,
+            "batch_size": self.batch_size,
+            "time_limit": self.time_limit,
+            **self.options,
+        }
+
+
+def run_select(cfg: SelectConfig, features: FeatureTable, *, progress: bool = False) -> Selection:
+    """Run the configured method on ``features`` and return its :class:`Selection`.
+
+    Parameters
+    ----------
+    cfg : SelectConfig
+    features : FeatureTable
+    progress : bool
+        tqdm bars (GORACS methods only).
+    """
+    opts = cfg.method_options()
+    if cfg.method in GORACS_METHODS:
+        opts["progress"] = progress
+    return run_selector(cfg.method, features, cfg.budget, seed=cfg.seed, **opts)

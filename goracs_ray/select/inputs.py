@@ -1,0 +1,159 @@
+"""Read selection inputs (`.npy` or Parquet features) into a validated :class:`FeatureTable`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from goracs_ray.select.types import FeatureTable
+
+__all__ = ["load_feature_table", "load_split_features"]
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"`{path}` contains no *.parquet files")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"`{path}` does not exist")
+    return [path]
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
+    tables = []
+    for file in _parquet_files(path):
+        schema = pq.read_schema(file)
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise ValueError(
+                f"`{file}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}; "
+                f"it has {', '.join(schema.names)}"
+            )
+        tables.append(pq.read_table(file, columns=columns))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _vectors(table: pa.Table, column: str, where: str) -> np.ndarray:
+    """A list/fixed-size-list column as an (n, d) float32 array."""
+    col = table.column(column).combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise TypeError(f"column `{column}` of `{where}` must hold vectors, got {col.type}")
+    if col.null_count:
+        raise ValueError(f"column `{column}` of `{where}` has {col.null_count} null vector(s)")
+    lengths = np.asarray(pc.list_value_length(col))
+    if len(lengths) and (lengths != lengths[0]).any():
+        raise ValueError(f"column `{column}` of `{where}` has vectors of different lengths")
+    dim = int(lengths[0]) if len(lengths) else 0
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(len(col), dim)
+
+
+def _scalars(table: pa.Table, column: str, where: str, dtype: type) -> np.ndarray:
+    col = table.column(column)
+    if col.null_count:
+        raise ValueError(f"column `{column}` of `{where}` has {col.null_count} null value(s)")
+    return np.asarray(col.to_numpy(), dtype=dtype)
+
+
+def _read_split(
+    path: Path,
+    *,
+    id_column: str,
+    embedding_column: str,
+    grad_column: str | None,
+    label_column: str | None,
+) -> dict[str, np.ndarray | None]:
+    if path.suffix == ".npy":
+        if label_column:
+            raise ValueError(f"`--label-column` needs Parquet input, but `{path}` is .npy")
+        if not path.is_file():
+            raise FileNotFoundError(f"`{path}` does not exist")
+        emb = np.load(path, allow_pickle=False)
+        return {"ids": np.arange(len(emb)), "emb": emb, "grad": None, "label": None}
+    columns = [id_column, embedding_column] + [c for c in (grad_column, label_column) if c]
+    table = _read_parquet(path, columns)
+    where = str(path)
+    return {
+        "ids": table.column(id_column).to_numpy(zero_copy_only=False),
+        "emb": _vectors(table, embedding_column, where),
+        "grad": _scalars(table, grad_column, where, np.float32) if grad_column else None,
+        "label": _scalars(table, label_column, where, np.int64) if label_column else None,
+    }
+
+
+def load_split_features(
+    train: str | os.PathLike[str],
+    valid: str | os.PathLike[str],
+    *,
+    grad_norms: str | os.PathLike[str] | None = None,
+    id_column: str = "sample_id",
+    embedding_column: str = "embedding",
+    grad_column: str | None = "grad_norm",
+    label_column: str | None = None,
+) -> FeatureTable:
+    """Train and valid features from separate `.npy` or Parquet files.
+
+    `.npy` files hold the (n, d) embeddings (ids = row numbers); gradient norms then come from
+    ``grad_norms`` (an (N,) `.npy`). Parquet files hold an id column, a vector column and, for
+    the training file, ``grad_column`` (set it to None when absent).
+    """
+    train_path, valid_path = Path(train), Path(valid)
+    npy = train_path.suffix == ".npy"
+    tr = _read_split(
+        train_path, id_column=id_column, embedding_column=embedding_column,
+        grad_column=None if npy or grad_norms is not None else grad_column,
+        label_column=label_column,
+    )  # fmt: skip
+    va = _read_split(
+        valid_path, id_column=id_column, embedding_column=embedding_column, grad_column=None,
+        label_column=label_column,
+    )  # fmt: skip
+    grads = tr["grad"]
+    if grad_norms is not None:
+        path = Path(grad_norms)
+        if not path.is_file():
+            raise FileNotFoundError(f"`{path}` (gradient norms) does not exist")
+        grads = np.load(path, allow_pickle=False)
+    return FeatureTable(
+        train_ids=tr["ids"],
+        train_emb=tr["emb"],
+        valid_emb=va["emb"],
+        grad_norms=grads,
+        train_labels=tr["label"],
+        valid_labels=va["label"],
+    )
+
+
+def load_feature_table(
+    path: str | os.PathLike[str], *, label_column: str | None = None
+) -> FeatureTable:
+    """Features Parquet (a file or a directory of shards) with ``FEATURE_COLUMNS``.
+
+    Rows with ``split == "train"`` form the pool, ``split == "valid"`` the validation set; other
+    splits are ignored. Columns used: sample_id, split, embedding, grad_norm (+ ``label_column``).
+    """
+    where = str(path)
+    columns = ["sample_id", "split", "embedding", "grad_norm"]
+    table = _read_parquet(Path(path), columns + ([label_column] if label_column else []))
+    split = np.asarray(table.column("split").to_numpy(zero_copy_only=False))
+    rows = {name: np.flatnonzero(split == name) for name in ("train", "valid")}
+    for name, idx in rows.items():
+        if not len(idx):
+            raise ValueError(f"`{where}` has no rows with split == {name!r}")
+    train, valid = table.take(rows["train"]), table.take(rows["valid"])
+    del table
+    return FeatureTable(
+        train_ids=train.column("sample_id").to_numpy(zero_copy_only=False),
+        train_emb=_vectors(train, "embedding", where),
+        valid_emb=_vectors(valid, "embedding", where),
+        grad_norms=_scalars(train, "grad_norm", where, np.float32),
+        train_labels=_scalars(train, label_column, where, np.int64) if label_column else None,
+        valid_labels=_scalars(valid, label_column, where, np.int64) if label_column else None,
+    )

@@ -1,0 +1,422 @@
+"""GORACS selection: POO cost → greedy (stage 1) → exchange refinement (stage 2), per class.
+
+Public entry points: :func:`select_coreset` (arrays in, :class:`CoresetResult` out),
+:func:`select_features` (a validated :class:`FeatureTable`), and the registry methods ``goracs``
+(full ITRA) and ``goracs_greedy`` (stage 1 only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from goracs_ray.select.cost import DEFAULT_BLOCK_ROWS, cost_matrix
+from goracs_ray.select.greedy import GreedyResult, greedy_init
+from goracs_ray.select.ot import solve_ot
+from goracs_ray.select.refine import Estimator, RefineResult, refine
+from goracs_ray.select.registry import register_selector
+from goracs_ray.select.types import FeatureTable, Selection
+
+__all__ = [
+    "CoresetResult",
+    "ItraResult",
+    "itra",
+    "label_budgets",
+    "select_coreset",
+    "select_features",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ItraResult:
+    """ITRA on one cost matrix.
+
+    Attributes
+    ----------
+    indices : (n,) int64
+        Selected rows of the cost matrix.
+    greedy : GreedyResult
+        Stage 1.
+    refinement : RefineResult or None
+        Stage 2 (None when only the greedy stage ran).
+    poo_trace : (k + 1,) float64
+        POO after greedy, then after each accepted swap.
+    n_ot_solves : int
+        Exact OT problems solved.
+    seconds : dict[str, float]
+        Wall time of "greedy" and "refine".
+    """
+
+    indices: np.ndarray
+    greedy: GreedyResult
+    refinement: RefineResult | None
+    poo_trace: np.ndarray
+    n_ot_solves: int
+    seconds: dict[str, float]
+
+    @property
+    def poo_greedy(self) -> float:
+        """POO of the greedy start."""
+        return float(self.poo_trace[0])
+
+    @property
+    def poo(self) -> float:
+        """POO of the final coreset."""
+        return float(self.poo_trace[-1])
+
+
+def itra(
+    cost: np.ndarray,
+    n: int,
+    *,
+    estimator: Estimator | str = Estimator.CORRECTED,
+    max_iters: int = 100,
+    cut_num: int = 30,
+    trim_inactive: bool | None = None,
+    refine_stage: bool = True,
+    batch_size: int = 1,
+    time_limit: float | None = None,
+    progress: bool = False,
+) -> ItraResult:
+    """Run ITRA (METHOD.md §3–4) on one POO cost matrix.
+
+    Parameters
+    ----------
+    cost : (N, M) float32
+        POO cost (:func:`goracs_ray.select.cost.cost_matrix`). Memory: see :func:`refine`.
+    n : int
+        Budget.
+    estimator : Estimator or str
+        "corrected" (default) or "faithful" (the reference code's behaviour).
+    max_iters, cut_num, batch_size, time_limit
+        See :func:`goracs_ray.select.refine.refine`.
+    trim_inactive : bool, optional
+        Active-support trim of the greedy stage (default: on for faithful, off for corrected).
+    refine_stage : bool
+        Run stage 2 (False: greedy only, plus one OT solve for its POO).
+    progress : bool
+        tqdm bars over greedy steps and exchanges.
+    """
+    estimator = Estimator(estimator)
+    trim = (estimator is Estimator.FAITHFUL) if trim_inactive is None else trim_inactive
+    t0 = time.perf_counter()
+    greedy = greedy_init(cost, n, trim_inactive=trim, progress=progress)
+    t1 = time.perf_counter()
+    if refine_stage and max_iters > 0:
+        ref = refine(
+            cost, greedy.indices, estimator=estimator, max_iters=max_iters, cut_num=cut_num,
+            batch_size=batch_size, time_limit=time_limit, progress=progress,
+        )  # fmt: skip
+        indices, trace, solves = ref.indices, ref.poo_trace, ref.n_ot_solves
+    else:
+        ref = None
+        indices, solves = greedy.indices, 1
+        trace = np.array([solve_ot(cost[greedy.indices]).value])
+    t2 = time.perf_counter()
+    return ItraResult(
+        indices=indices,
+        greedy=greedy,
+        refinement=ref,
+        poo_trace=trace,
+        n_ot_solves=solves,
+        seconds={"greedy": t1 - t0, "refine": t2 - t1},
+    )
+
+
+def label_budgets(train_labels: np.ndarray, valid_labels: np.ndarray, n: int) -> dict[int, int]:
+    """Split budget n across classes by their validation shares (METHOD.md §5).
+
+    ``n_k = round(n · share_k)`` for every class but the smallest label, which takes the rest
+    (the reference: ``n_pos = round(p · n)``, ``n_neg = n - n_pos``).
+
+    Parameters
+    ----------
+    train_labels : (N,) int64
+    valid_labels : (M,) int64
+    n : int
+
+    Returns
+    -------
+    dict[int, int]
+        Class → budget, every class of the validation set, ascending; Σ = n.
+
+    Raises
+    ------
+    ValueError
+        When a class budget exceeds the number of training samples of that class.
+    """
+    classes, counts = np.unique(valid_labels, return_counts=True)
+    budgets: dict[int, int] = {}
+    for cls, count in zip(classes[::-1][:-1], counts[::-1][:-1]):
+        budgets[int(cls)] = int(round(n * count / len(valid_labels)))
+    budgets[int(classes[0])] = n - sum(budgets.values())
+    if budgets[int(classes[0])] < 0:
+        raise ValueError(
+            f"`budget` {n} is too small to split over {len(classes)} classes by rounding; "
+            "raise the budget or merge rare classes"
+        )
+    for cls, n_k in budgets.items():
+        available = int((train_labels == cls).sum())
+        if n_k > available:
+            raise ValueError(
+                f"`budget` gives class {cls} {n_k} samples (its validation share), but the "
+                f"training pool has only {available} of that class; lower the budget"
+            )
+    return dict(sorted(budgets.items()))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CoresetResult:
+    """A GORACS coreset and how it was found.
+
+    Attributes
+    ----------
+    ids : (n,) array
+        Selected samples in the caller's id space, in selection order (class by class).
+    indices : (n,) int64
+        The same samples as row indices of the training pool.
+    classes : (n,) int64 or None
+        Class of each selected sample (label-enhanced selection), else None.
+    parts : tuple[ItraResult, ...]
+        One ITRA run per class (one in total without labels); indices there are within-class.
+    part_classes : tuple[int | None, ...]
+        The class of each part (None without labels).
+    seconds : dict[str, float]
+        Wall time of "cost", "greedy", "refine" (summed over classes) and "total".
+    settings : dict[str, Any]
+        The options used.
+    """
+
+    ids: np.ndarray
+    indices: np.ndarray
+    classes: np.ndarray | None
+    parts: tuple[ItraResult, ...]
+    part_classes: tuple[int | None, ...]
+    seconds: dict[str, float]
+    settings: dict[str, Any]
+
+    @property
+    def n_ot_solves(self) -> int:
+        """Exact OT problems solved, over all classes."""
+        return sum(p.n_ot_solves for p in self.parts)
+
+    def trace(self) -> dict[str, Any]:
+        """JSON-serialisable summary (``selection_trace.json``)."""
+        parts = []
+        for cls, part in zip(self.part_classes, self.parts):
+            ref = part.refinement
+            parts.append(
+                {
+                    "class": cls,
+                    "budget": int(part.indices.shape[0]),
+                    "poo_greedy": part.poo_greedy,
+                    "poo_final": part.poo,
+                    "poo_trace": part.poo_trace.tolist(),
+                    "swap_seconds": [] if ref is None else ref.swap_seconds.tolist(),
+                    "n_ot_solves": part.n_ot_solves,
+                    "n_pairs_tried": 0 if ref is None else ref.n_pairs_tried,
+                    "stop_reason": None if ref is None else ref.stop_reason.value,
+                    "greedy": {
+                        "n_added": part.greedy.n_added,
+                        "n_zero_gain": part.greedy.n_zero_gain,
+                        "n_gain_evals": part.greedy.n_gain_evals,
+                        "trimmed": part.greedy.trimmed,
+                    },
+                    "seconds": part.seconds,
+                }
+            )
+        return {
+            "settings": self.settings,
+            "seconds": self.seconds,
+            "n_ot_solves": self.n_ot_solves,
+            "parts": parts,
+        }
+
+
+def _check_options(budget: int, lam: float, max_iters: int, cut_num: int, batch_size: int) -> None:
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise TypeError(f"`budget` must be an integer, got {budget!r}")
+    if not (isinstance(lam, (int, float, np.floating)) and np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"`lam` must be a finite number >= 0 (0 = pure matching), got {lam!r}")
+    for name, value, low in (("max_iters", max_iters, 0), ("cut_num", cut_num, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+
+
+def _class_groups(
+    features: FeatureTable, budget: int, labels: bool
+) -> list[tuple[int | None, int, np.ndarray, np.ndarray]]:
+    """(class, budget, train rows, valid rows) per ITRA run: one per class, or one in total."""
+    if not labels:
+        return [(None, budget, np.arange(features.n_train), np.arange(features.n_valid))]
+    budgets = label_budgets(features.train_labels, features.valid_labels, budget)
+    return [
+        (cls, n_k, np.flatnonzero(features.train_labels == cls),
+         np.flatnonzero(features.valid_labels == cls))
+        for cls, n_k in budgets.items() if n_k > 0
+    ]  # fmt: skip
+
+
+def select_features(
+    features: FeatureTable,
+    budget: int,
+    *,
+    lam: float = 0.1,
+    estimator: Estimator | str = Estimator.CORRECTED,
+    max_iters: int = 100,
+    cut_num: int = 30,
+    trim_inactive: bool | None = None,
+    use_labels: bool | None = None,
+    refine_stage: bool = True,
+    batch_size: int = 1,
+    time_limit: float | None = None,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    progress: bool = False,
+) -> CoresetResult:
+    """GORACS on a validated :class:`FeatureTable` (see :func:`select_coreset` for options).
+
+    ``use_labels`` (default: when the table has labels) runs label-enhanced ITRA: one ITRA per
+    validation class on the within-class cost, budgets from :func:`label_budgets`.
+    Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set.
+    """
+    try:
+        estimator = Estimator(estimator)
+    except ValueError:
+        choices = ", ".join(e.value for e in Estimator)
+        raise ValueError(f"`estimator` must be one of {choices}, got {estimator!r}") from None
+    _check_options(budget, lam, max_iters, cut_num, batch_size)
+    if not 0 < budget <= features.n_train:
+        raise ValueError(f"`budget` must be in [1, N={features.n_train}], got {budget}")
+    if lam > 0:
+        features.require("grad_norms", method="goracs (lam > 0)")
+    labels = features.train_labels is not None if use_labels is None else use_labels
+    if labels:
+        features.require("train_labels", "valid_labels", method="goracs (use_labels)")
+    faithful = estimator is Estimator.FAITHFUL
+    settings = {
+        "budget": int(budget), "lam": float(lam), "estimator": estimator.value,
+        "max_iters": int(max_iters), "cut_num": int(cut_num), "trim_inactive": trim_inactive,
+        "use_labels": bool(labels), "refine_stage": refine_stage, "batch_size": batch_size,
+        "time_limit": time_limit,
+    }  # fmt: skip
+    groups = _class_groups(features, budget, labels)
+    grads = features.grad_norms
+    grad_max = float(grads.max()) if grads is not None and grads.max() > 0 else None
+    seconds = {"cost": 0.0, "greedy": 0.0, "refine": 0.0}
+    parts, rows = [], []
+    t_start = time.perf_counter()
+    for cls, n_k, train_rows, valid_rows in groups:
+        t0 = time.perf_counter()
+        cost = cost_matrix(
+            features.train_emb[train_rows] if labels else features.train_emb,
+            features.valid_emb[valid_rows] if labels else features.valid_emb,
+            None if grads is None else grads[train_rows],
+            lam=lam, divide_distance=not (faithful and labels), grad_max=grad_max,
+            block_rows=block_rows,
+        ).values  # fmt: skip
+        seconds["cost"] += time.perf_counter() - t0
+        logger.info("class %s: ITRA on %d x %d, budget %d", cls, *cost.shape, n_k)
+        part = itra(
+            cost, n_k, estimator=estimator, max_iters=max_iters, cut_num=cut_num,
+            trim_inactive=trim_inactive, refine_stage=refine_stage, batch_size=batch_size,
+            time_limit=time_limit, progress=progress,
+        )  # fmt: skip
+        del cost
+        seconds["greedy"] += part.seconds["greedy"]
+        seconds["refine"] += part.seconds["refine"]
+        parts.append(part)
+        rows.append(train_rows[part.indices])
+    seconds["total"] = time.perf_counter() - t_start
+    indices = np.concatenate(rows).astype(np.int64)
+    classes = None
+    if labels:
+        classes = np.concatenate([np.full(len(p.indices), c) for (c, *_), p in zip(groups, parts)])
+    return CoresetResult(
+        ids=features.train_ids[indices],
+        indices=indices,
+        classes=classes,
+        parts=tuple(parts),
+        part_classes=tuple(g[0] for g in groups),
+        seconds=seconds,
+        settings=settings,
+    )
+
+
+def select_coreset(
+    train_emb: np.ndarray,
+    valid_emb: np.ndarray,
+    grad_norms: np.ndarray | None,
+    budget: int,
+    lam: float,
+    *,
+    ids: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
+    valid_labels: np.ndarray | None = None,
+    **options: Any,
+) -> CoresetResult:
+    """Choose a GORACS coreset of ``budget`` training samples.
+
+    Parameters
+    ----------
+    train_emb : (N, d) float32
+        Training-pool embeddings.
+    valid_emb : (M, d) float32
+        Validation embeddings (the target distribution).
+    grad_norms : (N,) float32 or None
+        Per-sample gradient norms (may be None only when ``lam == 0``).
+    budget : int
+        n, 1 ≤ n ≤ N (and ≤ each class's size for its share with labels).
+    lam : float
+        λ ≥ 0, weight of the gradient-norm term of POO.
+    ids : (N,) array, optional
+        Sample ids (default: row numbers); the result reports these.
+    train_labels, valid_labels : (N,), (M,) int, optional
+        Class labels for label-enhanced selection (K classes).
+    **options
+        ``estimator`` ("corrected" | "faithful"), ``max_iters`` (100), ``cut_num`` (30),
+        ``trim_inactive`` (None: faithful → on), ``refine_stage`` (True), ``batch_size`` (1),
+        ``time_limit`` (None), ``block_rows``, ``progress``; see :func:`select_features`.
+
+    Returns
+    -------
+    CoresetResult
+        Memory: about N·M·4 bytes for the cost plus the OT working set (~n·M·50 bytes).
+    """
+    features = FeatureTable(
+        train_ids=np.arange(len(train_emb)) if ids is None else ids,
+        train_emb=train_emb,
+        valid_emb=valid_emb,
+        grad_norms=grad_norms,
+        train_labels=train_labels,
+        valid_labels=valid_labels,
+    )
+    return select_features(features, budget, lam=lam, **options)
+
+
+def _to_selection(result: CoresetResult, method: str, seed: int) -> Selection:
+    info = result.trace()
+    info["seed"] = seed
+    return Selection(
+        indices=result.indices, ids=result.ids, method=method, classes=result.classes, info=info
+    )
+
+
+@register_selector("goracs")
+def goracs(features: FeatureTable, n: int, *, seed: int = 0, **opts: Any) -> Selection:
+    """GORACS: POO + full ITRA (greedy + exchange refinement). Deterministic (``seed`` unused)."""
+    return _to_selection(select_features(features, n, **opts), "goracs", seed)
+
+
+@register_selector("goracs_greedy")
+def goracs_greedy(features: FeatureTable, n: int, *, seed: int = 0, **opts: Any) -> Selection:
+    """GORACS stage 1 only (greedy initialisation on POO). Deterministic (``seed`` unused)."""
+    opts["refine_stage"] = False
+    return _to_selection(select_features(features, n, **opts), "goracs_greedy", seed)
