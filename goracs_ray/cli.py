@@ -22,6 +22,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "goracs_ray.select.cli",
     "goracs_ray.train.cli",
     "goracs_ray.evaluate.cli",
+    "goracs_ray.run_cli",
 )
 
 _USER_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, KeyError)

@@ -31,11 +31,11 @@ class ArmResult:
 
 def _metrics_table(arms: Sequence[ArmResult]) -> list[str]:
     names = sorted({k for arm in arms for k in arm.metrics}, key=_metric_order)
-    lower_is_better = {n for n in names if "loss" in n}
     best = {}
     for name in names:
         values = [arm.metrics[name] for arm in arms if name in arm.metrics]
-        best[name] = min(values) if name in lower_is_better else max(values)
+        if len(set(values)) > 1:  # bold only a strict winner
+            best[name] = min(values) if _lower_is_better(name) else max(values)
     lines = [
         "| method | budget | seed | " + " | ".join(names) + " |",
         "|---|---:|---:|" + "---:|" * len(names),
@@ -45,9 +45,13 @@ def _metrics_table(arms: Sequence[ArmResult]) -> list[str]:
         for name in names:
             value = arm.metrics.get(name)
             text = "–" if value is None else f"{value:.4f}"
-            cells.append(f"**{text}**" if value is not None and value == best[name] else text)
+            cells.append(f"**{text}**" if value is not None and value == best.get(name) else text)
         lines.append(f"| {arm.method} | {arm.budget} | {arm.seed} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _lower_is_better(name: str) -> bool:
+    return "loss" in name or name == "mean_rank"
 
 
 def _metric_order(name: str) -> tuple[str, int]:
@@ -76,7 +80,9 @@ def _plot(arms: Sequence[ArmResult], out_dir: Path) -> list[str]:
             fig.savefig(part, format="png", dpi=110)
         plt.close(fig)
         images.append("poo.png")
-    names = sorted({k for arm in arms for k in arm.metrics if "loss" not in k}, key=_metric_order)
+    names = sorted(
+        {k for arm in arms for k in arm.metrics if not _lower_is_better(k)}, key=_metric_order
+    )
     if names:
         fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.5))
         width = 0.8 / len(arms)

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,24 +57,39 @@ def run_stage(
     name: str,
     out_dir: Path,
     key: str,
-    build: Callable[[Path], None],
+    build: Callable[..., object],
     *,
     force: bool = False,
+    atomic: bool = True,
 ) -> StageRecord:
-    """Run ``build(tmp_dir)`` unless ``out_dir`` already holds the output for ``key``.
+    """Run a stage unless ``out_dir`` already holds its complete output for ``key``.
 
-    ``build`` writes the stage's artifacts into the empty directory it is given; that directory
-    replaces ``out_dir`` atomically only if ``build`` returns normally.
+    ``atomic=True``: ``build(tmp_dir)`` writes into an empty directory that replaces ``out_dir``
+    only if ``build`` returns normally. ``atomic=False`` (resumable stages such as features):
+    ``build(out_dir)`` writes in place; ``out_dir`` is then either absent or holds the partial
+    output of an interrupted run with the same key (output of any other key is deleted first),
+    so a resumable ``build`` keeps its finished shards.
     """
     marker = out_dir / _MARKER
+    pending = out_dir.with_name(f".{out_dir.name}.pending.json")
     if not force and marker.is_file() and read_json(marker).get("key") == key:
         logger.info("stage %s: up to date (key %s), skipped", name, key)
         return StageRecord(name, key, str(out_dir), cached=True, seconds=0.0)
     logger.info("stage %s: running (key %s)", name, key)
     start = time.perf_counter()
-    with atomic_dir(out_dir, overwrite=True) as part:
-        build(part)
+    if atomic:
+        with atomic_dir(out_dir, overwrite=True) as part:
+            build(part)
+            seconds = time.perf_counter() - start
+            write_json(part / _MARKER, {"stage": name, "key": key, "seconds": seconds})
+    else:
+        resume = not force and pending.is_file() and read_json(pending).get("key") == key
+        if not resume and out_dir.exists():
+            shutil.rmtree(out_dir)
+        write_json(pending, {"stage": name, "key": key})
+        build(out_dir)
         seconds = time.perf_counter() - start
-        write_json(part / _MARKER, {"stage": name, "key": key, "seconds": seconds})
+        write_json(marker, {"stage": name, "key": key, "seconds": seconds})
+        pending.unlink()
     logger.info("stage %s: done in %.1f s", name, seconds)
     return StageRecord(name, key, str(out_dir), cached=False, seconds=seconds)

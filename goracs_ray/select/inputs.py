@@ -17,7 +17,8 @@ __all__ = ["load_feature_table", "load_split_features"]
 
 def _parquet_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
+        # Like Spark/Hive: files starting with "_" or "." are metadata, not data.
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
         if not files:
             raise FileNotFoundError(f"`{path}` contains no *.parquet files")
         return files
@@ -132,16 +133,27 @@ def load_split_features(
 
 
 def load_feature_table(
-    path: str | os.PathLike[str], *, label_column: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    label_column: str | None = None,
+    samples_dir: str | os.PathLike[str] | None = None,
 ) -> FeatureTable:
     """Features Parquet (a file or a directory of shards) with ``FEATURE_COLUMNS``.
 
     Rows with ``split == "train"`` form the pool, ``split == "valid"`` the validation set; other
-    splits are ignored. Columns used: sample_id, split, embedding, grad_norm (+ ``label_column``).
+    splits are ignored. Columns used: sample_id, split, embedding, grad_norm (+ ``label_column``),
+    and ``grad_proj`` / ``loss`` when present (LESS / EL2N-style baselines).
+
+    With ``samples_dir`` (``goracs prepare`` output), the training samples' ``user`` and
+    ``target_item`` become ``train_groups`` (stratified and DEALRec baselines), and
+    ``label_column`` is read from the samples when the features lack it.
     """
     where = str(path)
-    columns = ["sample_id", "split", "embedding", "grad_norm"]
-    table = _read_parquet(Path(path), columns + ([label_column] if label_column else []))
+    names = set(pq.read_schema(_parquet_files(Path(path))[0]).names)
+    optional = [c for c in ("grad_proj", "loss") if c in names]
+    from_features = label_column if label_column in names else None
+    columns = ["sample_id", "split", "embedding", "grad_norm", *optional]
+    table = _read_parquet(Path(path), columns + ([from_features] if from_features else []))
     split = np.asarray(table.column("split").to_numpy(zero_copy_only=False))
     rows = {name: np.flatnonzero(split == name) for name in ("train", "valid")}
     for name, idx in rows.items():
@@ -149,6 +161,18 @@ def load_feature_table(
             raise ValueError(f"`{where}` has no rows with split == {name!r}")
     train, valid = table.take(rows["train"]), table.take(rows["valid"])
     del table
+    if label_column and not from_features:
+        if samples_dir is None:
+            raise ValueError(f"`{where}` lacks `{label_column}`; pass the samples dir as well")
+        train = _join_samples(train, Path(samples_dir) / "train.parquet", [label_column])
+        valid = _join_samples(valid, Path(samples_dir) / "valid.parquet", [label_column])
+    groups = None
+    if samples_dir is not None:
+        train = _join_samples(train, Path(samples_dir) / "train.parquet", ["user", "target_item"])
+        groups = {
+            "user": train.column("user").to_numpy(zero_copy_only=False),
+            "item": train.column("target_item").to_numpy(zero_copy_only=False),
+        }
     return FeatureTable(
         train_ids=train.column("sample_id").to_numpy(zero_copy_only=False),
         train_emb=_vectors(train, "embedding", where),
@@ -156,4 +180,24 @@ def load_feature_table(
         grad_norms=_scalars(train, "grad_norm", where, np.float32),
         train_labels=_scalars(train, label_column, where, np.int64) if label_column else None,
         valid_labels=_scalars(valid, label_column, where, np.int64) if label_column else None,
+        train_grad_proj=_vectors(train, "grad_proj", where) if "grad_proj" in optional else None,
+        valid_grad_proj=_vectors(valid, "grad_proj", where) if "grad_proj" in optional else None,
+        train_losses=_scalars(train, "loss", where, np.float32) if "loss" in optional else None,
+        train_groups=groups,
     )
+
+
+def _join_samples(features: pa.Table, samples_file: Path, columns: list[str]) -> pa.Table:
+    """Append ``columns`` of the samples file to ``features``, matched by sample_id, in order."""
+    samples = pq.read_table(samples_file, columns=["sample_id", *columns])
+    index = pc.index_in(features.column("sample_id"), value_set=samples.column("sample_id"))
+    if index.null_count:
+        missing = features.column("sample_id").filter(pc.is_null(index))[:3].to_pylist()
+        raise ValueError(
+            f"features rows {missing} have no sample in `{samples_file}`; recompute the features "
+            "from these samples"
+        )
+    picked = samples.take(index)
+    for name in columns:
+        features = features.append_column(name, picked.column(name))
+    return features

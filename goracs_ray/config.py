@@ -1,0 +1,104 @@
+"""The run configuration: one YAML with a section per stage (``goracs run config.yaml``).
+
+Every section is the stage's own config dataclass, so a stage can also be run alone with the
+same YAML section (``goracs prepare``, ``goracs features``, ``goracs select``, …).
+``load_config`` rejects unknown keys by dotted path and applies ``section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from goracs_ray.configutil import apply_overrides, from_dict, load_yaml
+from goracs_ray.data.config import DataConfig
+from goracs_ray.evaluate.config import EvalConfig
+from goracs_ray.features.config import FeaturesConfig, TinyModelConfig
+from goracs_ray.select.config import SelectConfig
+from goracs_ray.train.config import TrainConfig
+
+__all__ = ["ModelConfig", "RayConfig", "RunConfig", "load_config"]
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The base LLM every stage uses (features, fine-tuning, evaluation)."""
+
+    path: Path | None = None
+    """HF causal-LM directory (LLaMA, Qwen, …). ``None``: build a tiny LLaMA-architecture model
+    and BPE tokenizer from the prepared samples (CPU demos and tests)."""
+    tiny: TinyModelConfig = dataclasses.field(
+        default_factory=lambda: TinyModelConfig(pretrain_steps=200)
+    )
+    """Size and pretraining of the tiny model (used only when ``path`` is None)."""
+    seed: int = 0
+    """Seed of the tiny model's initialisation and pretraining."""
+
+
+@dataclasses.dataclass
+class RayConfig:
+    """Where the stages run."""
+
+    address: str | None = None
+    """Ray cluster address (``auto``, ``ray://host:10001``). ``None``: ``$RAY_ADDRESS`` (set by
+    ``ray job submit``) or an embedded local Ray."""
+    num_cpus: int | None = None
+    """Logical CPUs of the embedded local Ray (default max(4, cores))."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A full run: prepare → model → features → select → finetune → evaluate → report."""
+
+    run_dir: Path = Path("runs/default")
+    """Directory (local path) holding every stage's artifacts, manifest.json and report.md."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Interaction source and sample building (``goracs prepare``)."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """Base model."""
+    features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
+    """Embeddings and gradient norms (``goracs features``); its model comes from ``model``."""
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    """The coreset selection method and budget (``goracs select``)."""
+    compare: list[str] = dataclasses.field(default_factory=lambda: ["random"])
+    """Further selection methods run side by side with the same budget and seed (baselines)."""
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """LoRA fine-tuning on Ray Train (``goracs finetune``)."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Test-set evaluation (``goracs evaluate``)."""
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    """Cluster connection."""
+
+    def __post_init__(self) -> None:
+        if self.features.model_path is not None:
+            raise ValueError(
+                "`features.model_path` is set by the pipeline; put the model in `model.path`"
+            )
+        methods = [self.select.method, *self.compare]
+        if len(set(methods)) != len(methods):
+            raise ValueError(
+                f"`compare` repeats a method ({methods}); list each selection method once"
+            )
+
+    @property
+    def methods(self) -> list[str]:
+        """Selection methods of this run: ``select.method`` first, then ``compare``."""
+        return [self.select.method, *self.compare]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """Read a run YAML (or the defaults when ``path`` is None) and apply ``a.b=value`` overrides.
+
+    Raises
+    ------
+    ValueError
+        Unknown keys or bad values, naming their dotted path (e.g. ``select.lamda``).
+    """
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides))
+    return from_dict(RunConfig, data)

@@ -1,0 +1,125 @@
+"""End to end: `goracs run` submitted through the Ray Jobs API to a real loopback head, then the
+stage cache (re-run = no-op; a new λ re-runs only selection onwards)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from goracs_ray.config import load_config
+from goracs_ray.pipeline import run_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@contextlib.contextmanager
+def loopback_head(tmp: Path):
+    """`ray start --head` bound to 127.0.0.1 with its own ports and temp dir; stopped on exit."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    gcs, dash, client, nm, om, metrics, agent_http, agent_grpc, rt_env = _free_ports(9)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = Path("/tmp") / f"goracs_head_{os.getpid()}"  # short: socket paths have a limit
+    args = [
+        str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1",
+        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+        "--ray-client-server-port", str(client), "--node-manager-port", str(nm),
+        "--object-manager-port", str(om), "--metrics-export-port", str(metrics),
+        "--dashboard-agent-listen-port", str(agent_http),
+        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(rt_env),
+        "--num-cpus", "4", "--temp-dir", str(temp_dir), "--include-dashboard", "true",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(args, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run(
+            [str(ray_bin), "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def submitted_run(toy_config_file, tmp_path_factory):
+    """Submit `goracs run` to a fresh loopback head; return (status, logs, run_dir)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    with loopback_head(tmp_path_factory.mktemp("head")) as (address, _env):
+        client = JobSubmissionClient(address)
+        job = client.submit_job(
+            entrypoint=f"{sys.executable} -m goracs_ray.cli run {toy_config_file}",
+        )
+        deadline = time.monotonic() + 900
+        terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        while (status := client.get_job_status(job)) not in terminal:
+            assert time.monotonic() < deadline, "job did not finish in 15 min"
+            time.sleep(2)
+        logs = client.get_job_logs(job)
+    return status, logs, load_config(toy_config_file).run_dir
+
+
+def test_goracs_run_through_the_jobs_api_produces_all_artifacts(submitted_run):
+    from ray.job_submission import JobStatus
+
+    status, logs, run_dir = submitted_run
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    names = [s["name"] for s in manifest["stages"]]
+    assert names == [
+        "prepare", "model", "features",
+        "select/goracs", "finetune/goracs", "evaluate/goracs",
+        "select/random", "finetune/random", "evaluate/random",
+    ]  # fmt: skip
+    assert manifest["versions"]["ray"] == "2.60.0"
+    for method in ("goracs", "random"):
+        assert (run_dir / "finetune" / method / "adapter" / "adapter_config.json").is_file()
+        metrics = json.loads((run_dir / "evaluate" / method / "metrics.json").read_text())
+        assert 0.0 <= metrics["ndcg@10"] <= 1.0
+        assert metrics["n"] == 4
+    report = (run_dir / "report.md").read_text()
+    assert "| goracs | 16 |" in report
+    assert "| random | 16 |" in report
+    assert (run_dir / "poo.png").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert not list(run_dir.rglob("*.part"))
+
+
+def test_rerun_is_a_no_op_and_new_lambda_reruns_only_selection_onwards(
+    submitted_run, toy_config_file, ray_local
+):
+    status, _, run_dir = submitted_run
+    assert status.value == "SUCCEEDED"
+    again = run_pipeline(load_config(run_dir / "config.yaml"))
+    assert all(rec.cached for rec in again.stages), [r.name for r in again.stages if not r.cached]
+
+    changed = run_pipeline(load_config(toy_config_file, ["select.lam=0.2"]))
+    rerun = sorted(rec.name for rec in changed.stages if not rec.cached)
+    assert rerun == ["evaluate/goracs", "finetune/goracs", "select/goracs"]
