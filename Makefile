@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv test demo quality style clean
+.PHONY: venv test demo demo-select quality style clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
+	$(PY) -m goracs_ray.cli run jobs/configs/demo_ml100k.yaml
+
+demo-select: venv
 	$(PY) -m goracs_ray.demo
 
 quality: venv

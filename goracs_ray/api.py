@@ -1,0 +1,74 @@
+"""Stage functions for embedding goracs_ray in a larger Ray pipeline (no CLI, no run dir).
+
+Each takes and returns paths or Ray Datasets, so one stage can be dropped into an existing
+``ray.data`` pipeline::
+
+    from goracs_ray import api
+    samples_dir = api.prepare(DataConfig(...), "out")                   # → Path
+    api.compute_features(FeaturesConfig(model_path=...), samples_dir, "feat")
+    coreset_ds = api.select(ray.data.read_parquet("feat"), SelectConfig(budget=1024),
+                            samples=ray.data.read_parquet(samples_dir / "train.parquet"))
+    adapter = api.finetune(TrainConfig(), model_path=..., train_samples=coreset_ds,
+                           valid_samples=..., out_dir="ft", task="seqrec")
+    metrics = api.evaluate(EvalConfig(), model_path=..., adapter_path=adapter, ...)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from goracs_ray.data.prepare import prepare
+from goracs_ray.evaluate import evaluate
+from goracs_ray.features import compute_features
+from goracs_ray.select.config import SelectConfig, run_select
+from goracs_ray.select.inputs import load_feature_table
+from goracs_ray.select.types import Selection
+from goracs_ray.train import finetune
+
+__all__ = ["compute_features", "evaluate", "finetune", "prepare", "select", "select_table"]
+
+
+def select_table(
+    features: str | os.PathLike[str], cfg: SelectConfig, *, label_column: str | None = None
+) -> Selection:
+    """Select from a features Parquet file/dir (``FEATURE_COLUMNS``); no Ray involved."""
+    return run_select(cfg, load_feature_table(features, label_column=label_column))
+
+
+def select(features: Any, cfg: SelectConfig, *, samples: Any = None, label_column=None) -> Any:
+    """Select a coreset from a features Ray Dataset (or path); return it as a Ray Dataset.
+
+    Parameters
+    ----------
+    features : ray.data.Dataset or path
+        Rows with sample_id, split ("train" pool, "valid" target), embedding, grad_norm.
+    cfg : SelectConfig
+        Method, budget and options.
+    samples : ray.data.Dataset or path, optional
+        Training samples (SAMPLE_SCHEMA). When given, the selected samples themselves are
+        returned (ready for :func:`finetune`), else rows of (sample_id, rank).
+    label_column : str, optional
+        Column of ``features`` holding class labels, for label-enhanced selection.
+
+    Memory: the features are materialised once on the driver (N·d + M·d float32).
+    """
+    import pyarrow as pa
+    import ray
+
+    if isinstance(features, (str, os.PathLike)):
+        selection = select_table(features, cfg, label_column=label_column)
+    else:
+        with tempfile.TemporaryDirectory(prefix="goracs_features_") as tmp:
+            features.write_parquet(tmp)
+            selection = select_table(tmp, cfg, label_column=label_column)
+    ranks = {sid: rank for rank, sid in enumerate(selection.ids.tolist())}
+    if samples is None:
+        return ray.data.from_arrow(
+            pa.table({"sample_id": list(ranks), "rank": list(ranks.values())})
+        )
+    if isinstance(samples, (str, os.PathLike)):
+        samples = ray.data.read_parquet(str(Path(samples)))
+    return samples.filter(lambda row: row["sample_id"] in ranks)
