@@ -46,7 +46,13 @@ from goracs_ray.select.refine import (
 from goracs_ray.select.sharded import CostShard, merge_column_argmin, shard_bounds
 from goracs_ray.select.types import FeatureTable
 
-__all__ = ["FaultPlan", "WorkerSettings", "select_distributed", "start_selector"]
+__all__ = [
+    "FaultPlan",
+    "WorkerSettings",
+    "run_distributed_selector",
+    "select_distributed",
+    "start_selector",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,3 +499,18 @@ def select_distributed(
     )
     settings = {**result.settings, "distributed": dataclasses.asdict(workers)}
     return dataclasses.replace(result, settings=settings)
+
+
+def run_distributed_selector(cfg: Any, features: FeatureTable, options: dict[str, Any]):
+    """:func:`goracs_ray.select.config.run_select` with ``cfg.distributed``: a GORACS Selection.
+
+    ``cfg`` is a :class:`goracs_ray.select.config.SelectConfig` (``workers``, ``shards``);
+    ``options`` its method options. ``goracs_greedy`` skips the refinement stage.
+    """
+    from goracs_ray.select.itra import _to_selection
+
+    if cfg.method == "goracs_greedy":
+        options = {**options, "refine_stage": False}
+    workers = WorkerSettings(evaluators=cfg.workers, shards=cfg.shards or cfg.workers)
+    result = select_distributed(features, cfg.budget, workers=workers, **options)
+    return _to_selection(result, cfg.method, cfg.seed)
