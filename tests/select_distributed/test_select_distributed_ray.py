@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,29 @@ def test_a_crashed_actor_restarts_and_the_coreset_is_unchanged(
     )  # fmt: skip
     assert marker.exists(), "the fault hook never fired"
     np.testing.assert_array_equal(result.ids, serial.ids)
+
+
+def test_cli_select_distributed_writes_the_serial_coreset(ray_local, data, tmp_path):
+    import pyarrow.parquet as pq
+
+    from goracs_ray.cli import main
+
+    train, valid, grads = data
+    for name, arr in (("train", train), ("valid", valid), ("grads", grads)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    out = tmp_path / "out"
+    argv = [
+        "select", "--train", str(tmp_path / "train.npy"), "--valid", str(tmp_path / "valid.npy"),
+        "--grad-norms", str(tmp_path / "grads.npy"), "--budget", "20", "--max-iters", "4",
+        "--cut-num", "10", "--batch-size", "2", "--distributed", "--workers", "2",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    serial = select_coreset(train, valid, grads, 20, 0.1, batch_size=2, **OPTS)
+    table = pq.read_table(out / "coreset.parquet")
+    np.testing.assert_array_equal(np.asarray(table["sample_id"]), serial.ids)
+    trace = json.loads((out / "selection_trace.json").read_text())
+    assert trace["config"]["distributed"] is True
+    waves = trace["info"]["parts"][0]["distributed"]["waves"]
+    assert waves
+    assert all(w["workers"] <= 2 and w["seconds"] >= 0 for w in waves)
