@@ -63,16 +63,28 @@ def mixture(n_train: int, n_valid: int, dim: int, seed: int = 0):
     return train, valid, grads
 
 
+def wave_seconds(waves: list[dict], k: int) -> float:
+    """Seconds spent in waves until the k-th accepted swap."""
+    total, accepted = 0.0, 0
+    for wave in waves:
+        if accepted == k:
+            break
+        total += wave["seconds"]
+        accepted += wave["accepted"]
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small problem (< 1 min)")
     parser.add_argument("--swaps", type=int, default=50, help="accepted exchanges (main run)")
     parser.add_argument("--compare-swaps", type=int, default=10, help="exchanges timed for 1 vs 2")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per batch (ITRA)")
     parser.add_argument("--time-limit", type=float, default=900.0, help="exchange phase cap (s)")
     args = parser.parse_args()
     n_train, n_valid, budget, dim = (300_000, 5_000, 1_024, 256)
     if args.quick:
-        n_train, n_valid, budget, dim = (20_000, 500, 64, 32)
+        n_train, n_valid, budget, dim = (20_000, 1_000, 256, 32)
         args.swaps, args.compare_swaps = 10, 4
 
     import ray
@@ -102,10 +114,10 @@ def main() -> None:
     stage("cost", lambda: ray.get(selector.prepare.remote(cost_options)))
     greedy = stage("greedy", lambda: ray.get(selector.greedy.remote(budget, False)))
     opts = {
-        "estimator": "corrected", "cut_num": 30, "batch_size": 2, "warm_start": True,
+        "estimator": "corrected", "cut_num": 30, "batch_size": args.batch_size, "warm_start": True,
         "time_limit": args.time_limit, "tol": 1e-12,
     }  # fmt: skip
-    one, _ = stage(
+    one, info_one = stage(
         "exchange_1eval",
         lambda: ray.get(
             selector.refine.remote(
@@ -126,12 +138,16 @@ def main() -> None:
     waves = info["waves"]
     refresh = sum(r["seconds"] for r in info["refreshes"])
     wave_s = sum(w["seconds"] for w in waves)
+    scored = np.mean([r["rows_scored"] for r in info["refreshes"]])
+    w1, w2 = wave_seconds(info_one["waves"], k), wave_seconds(waves, k)
     total = stages["cost"][0] + stages["greedy"][0] + stages["exchange_2eval"][0]
     print(f"accepted_exchanges: {len(two.swaps)}")
     print(f"poo_greedy: {two.poo_trace[0]:.6f}")
     print(f"poo_final: {two.poo_trace[-1]:.6f}")
     print(f"exchange_refresh_seconds: {refresh:.1f}")
     print(f"exchange_wave_seconds: {wave_s:.1f} ({len(waves)} waves)")
+    print(f"rows_scored_per_refresh: {scored:.0f} of {n_train}")
+    print(f"wave_speedup_2_over_1: {w1 / w2:.2f} (first {k} swaps: {w1:.1f} s vs {w2:.1f} s)")
     print(f"same_swaps_1_vs_2: {same} (first {k})")
     print(f"exchange_speedup_2_over_1: {t1 / t2:.2f} (first {k} swaps: {t1:.1f} s vs {t2:.1f} s)")
     print(f"peak_rss_gib: {max(p for _, p in stages.values()) / gib:.2f}")

@@ -11,7 +11,9 @@ bit-identical to the serial matrix). The central driver reduces what the shards 
   and returns only its ``cut_num`` best non-members and its members (:meth:`CostShard.candidates`)
   — O(cut_num·M) per shard per dual refresh. For the corrected estimator rows are first screened
   with the lower bound ``F(k) >= min_j (c_kj - f_j) / n`` (F is increasing in the R smallest
-  reduced costs and ``(R - 1)/M < 1/n``), so most rows never need the O(M) partition.
+  reduced costs and ``(R - 1)/M < 1/n``), so most rows never need the O(M) partition. A coarser
+  bound from per-row minima over G column groups, ``min_g (min_{j∈g} c_kj - max_{j∈g} f_j) / n``
+  (O(G) per row), screens first, so most rows are not even read.
 
 Shard state is a cache: every method takes what it needs to rebuild it (scales, column minima,
 members), so a restarted shard answers exactly as before.
@@ -28,11 +30,37 @@ from goracs_ray.select.cost import CostScales, distance_block, normalize_block
 from goracs_ray.select.greedy import greedy_gains
 from goracs_ray.select.refine import DualColumns, Estimator, pruning_scores
 
-__all__ = ["CostShard", "ShardCandidates", "merge_column_argmin", "shard_bounds"]
+__all__ = [
+    "CostShard",
+    "ShardCandidates",
+    "column_groups",
+    "merge_column_argmin",
+    "shard_bounds",
+]
 
 _BLOCK_ROWS = 1024
 _POP_BATCH = 8
 _SCREEN_ROWS = 256  # rows scored exactly first, to set the screening threshold
+_COLUMN_GROUPS = 64
+
+
+def column_groups(
+    valid_emb: np.ndarray, n_groups: int = _COLUMN_GROUPS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group validation columns by their nearest of ``n_groups`` evenly spaced seed columns.
+
+    Returns
+    -------
+    order : (M,) int64
+        Columns sorted by group (stable).
+    starts : (G,) int64
+        Start of each non-empty group in ``order`` (for ``np.minimum.reduceat``).
+    """
+    m_cols = valid_emb.shape[0]
+    seeds = np.unique(np.linspace(0, m_cols - 1, min(n_groups, m_cols)).astype(np.int64))
+    group = distance_block(valid_emb, valid_emb[seeds]).argmin(axis=1)
+    order = np.argsort(group, kind="stable")
+    return order, np.unique(np.searchsorted(group[order], np.arange(len(seeds))))
 
 
 def shard_bounds(n_rows: int, n_shards: int, *, align: int = _BLOCK_ROWS) -> list[tuple[int, int]]:
@@ -127,6 +155,8 @@ class CostShard:
             self.cost[a : a + _BLOCK_ROWS] = block
             self.row_min[a : a + _BLOCK_ROWS] = block.min(axis=1)
             self.row_max[a : a + _BLOCK_ROWS] = block.max(axis=1)
+        self.col_order, self.group_starts = column_groups(valid_emb)
+        self.group_min: np.ndarray | None = None  # (b, G) float32 after normalize
         self.scales: CostScales | None = None
         self._heap: list[tuple[float, int]] | None = None
         self._held: tuple[float, int] | None = None
@@ -146,6 +176,12 @@ class CostShard:
         for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
             grads = None if self.grads is None else self.grads[a : a + _BLOCK_ROWS]
             normalize_block(self.cost[a : a + _BLOCK_ROWS], grads, scales)
+        self.group_min = np.empty((self.cost.shape[0], len(self.group_starts)), dtype=np.float32)
+        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
+            block = self.cost[a : a + _BLOCK_ROWS][:, self.col_order]
+            self.group_min[a : a + _BLOCK_ROWS] = np.minimum.reduceat(
+                block, self.group_starts, axis=1
+            )
         self.scales = scales
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -233,14 +269,21 @@ class CostShard:
             )
         return out
 
-    def _lower_bounds(self, duals: DualColumns, n: int) -> np.ndarray:
-        """``min_j (c_kj - f_j) / n`` minus a float32 rounding margin, (b,) float64."""
+    def _group_bounds(self, ids: np.ndarray, duals: DualColumns, n: int) -> np.ndarray:
+        """``min_g (min_{j∈g} c_kj - max_{j∈g} f_j) / n`` for rows ``ids``, (k,) float64."""
+        f_max = np.maximum.reduceat(duals.f[self.col_order], self.group_starts)
+        low = (self.group_min[ids - self.start] - f_max).min(axis=1)
+        return (low - 1e-6 * (1.0 + float(np.abs(duals.f).max()))) / n
+
+    def _row_bounds(self, ids: np.ndarray, duals: DualColumns, n: int) -> np.ndarray:
+        """``min_j (c_kj - f_j) / n`` minus a float32 rounding margin, (k,) float64."""
         f32 = duals.f.astype(np.float32)
-        low = np.empty(self.cost.shape[0], dtype=np.float64)
-        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
-            low[a : a + _BLOCK_ROWS] = (self.cost[a : a + _BLOCK_ROWS] - f32).min(axis=1)
-        margin = 1e-6 * (1.0 + float(np.abs(duals.f).max()))
-        return (low - margin) / n
+        low = np.empty(len(ids), dtype=np.float64)
+        for a in range(0, len(ids), _BLOCK_ROWS):
+            low[a : a + _BLOCK_ROWS] = (self.cost[ids[a : a + _BLOCK_ROWS] - self.start] - f32).min(
+                axis=1
+            )
+        return (low - 1e-6 * (1.0 + float(np.abs(duals.f).max()))) / n
 
     def candidates(
         self,
@@ -267,12 +310,13 @@ class CostShard:
         own_members = np.sort(np.asarray(members)[member_mask])
         outside = np.setdiff1d(ids, own_members)
         if Estimator(estimator) is Estimator.CORRECTED and len(outside) > cut_num:
-            bound = self._lower_bounds(duals, n)[outside - self.start]
+            bound = self._group_bounds(outside, duals, n)
             n_first = max(_SCREEN_ROWS, 4 * cut_num)
             first = outside[np.sort(np.argsort(bound, kind="stable")[:n_first])]
             first_scores = self._scores(first, duals, n, estimator)
             threshold = np.partition(first_scores, cut_num - 1)[cut_num - 1]
             rest = np.setdiff1d(outside[bound <= threshold], first)
+            rest = rest[self._row_bounds(rest, duals, n) <= threshold]
             scored = np.concatenate([first, rest])
             scores = np.concatenate([first_scores, self._scores(rest, duals, n, estimator)])
         else:
