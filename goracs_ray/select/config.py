@@ -47,6 +47,9 @@ class SelectConfig:
     """OT-evaluator actors when distributed (use ``batch_size`` >= workers for parallel waves)."""
     shards: int | None = None
     """Cost row-shard actors when distributed (None = ``workers``)."""
+    compress_valid: int | None = None
+    """Distributed only: compress a validation set (per class) larger than this to this many
+    balanced points; the POO change bound is logged and traced (None = no compression)."""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra keyword options passed to the method (e.g. a baseline's settings)."""
 
@@ -70,7 +73,9 @@ class SelectConfig:
             raise ValueError(f"`cut_num` must be >= 1, got {self.cut_num}")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
-        for name in ("workers", "shards"):
+        if self.compress_valid is not None and not self.distributed:
+            raise ValueError("`compress_valid` needs `distributed: true`")
+        for name in ("workers", "shards", "compress_valid"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import time
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from goracs_ray.select.compress import compress_validation
 from goracs_ray.select.cost import CostScales, cost_scales
 from goracs_ray.select.greedy import ColumnSupport, GreedyResult, finish_greedy, needs_more
 from goracs_ray.select.itra import CoresetResult, ItraResult, select_features
@@ -53,6 +55,8 @@ __all__ = [
     "select_distributed",
     "start_selector",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,9 @@ class _ShardActor:
         self.shard.normalize(scales)
         return self.shard
 
+    def normalize(self, scales) -> None:
+        self._ready("normalize", scales)
+
     def row_sums(self, scales):
         return self._ready("row_sums", scales).row_sums()
 
@@ -189,7 +196,7 @@ class _SelectorActor:
         self.scales: CostScales | None = None
 
     def prepare(self, cost_options: dict[str, Any]) -> CostScales:
-        """Wait for the shards' distances and normalise them with the global scales."""
+        """Wait for the shards' distances, then normalise them with the global scales."""
         parts = ray.get([s.extrema.remote() for s in self.shards])
         self.scales = cost_scales(
             np.concatenate([p[0] for p in parts]),
@@ -199,6 +206,7 @@ class _SelectorActor:
             divide_distance=cost_options["divide_distance"],
             grad_max=cost_options["grad_max"],
         )
+        self._all("normalize")
         return self.scales
 
     def _all(self, method: str, *args: Any) -> list[Any]:
@@ -422,14 +430,20 @@ def _run_part(
     *,
     workers: WorkerSettings,
     fault: FaultPlan | None,
+    compress_valid: int | None,
 ) -> ItraResult:
     """The Ray :data:`goracs_ray.select.itra.PartRunner`: sharded cost, greedy, waves."""
+    t_start = time.perf_counter()
+    target = None
+    if compress_valid is not None and len(valid_emb) > compress_valid:
+        target = compress_validation(valid_emb, compress_valid)
+        valid_emb = target.points
     selector, _inputs = start_selector(
         train_emb, valid_emb, grad_norms, workers=workers, fault=fault
     )
     try:
         t0 = time.perf_counter()
-        ray.get(selector.prepare.remote(cost_options))
+        scales = ray.get(selector.prepare.remote(cost_options))
         t1 = time.perf_counter()
         estimator = Estimator(itra_options["estimator"])
         trim = itra_options["trim_inactive"]
@@ -447,6 +461,17 @@ def _run_part(
         t3 = time.perf_counter()
     finally:
         ray.kill(selector)
+    info = {"distributed": info}
+    if target is not None:
+        bound = target.poo_change_bound(scales)
+        info["compression"] = {
+            "n_valid": target.n_valid, "m": len(target.points), "seconds": t0 - t_start,
+            "transport_distance": target.transport_distance, "poo_change_bound": bound,
+        }  # fmt: skip
+        logger.info(
+            "validation compressed %d -> %d points: |ΔPOO| <= %.4g (POO %.6f)",
+            target.n_valid, len(target.points), bound, trace[-1],
+        )  # fmt: skip
     return ItraResult(
         indices=indices,
         greedy=greedy,
@@ -454,7 +479,7 @@ def _run_part(
         poo_trace=trace,
         n_ot_solves=solves,
         seconds={"cost": t1 - t0, "greedy": t2 - t1, "refine": t3 - t2},
-        info={"distributed": info},
+        info=info,
     )
 
 
@@ -463,6 +488,7 @@ def select_distributed(
     budget: int,
     *,
     workers: WorkerSettings | None = None,
+    compress_valid: int | None = None,
     fault: FaultPlan | None = None,
     **options: Any,
 ) -> CoresetResult:
@@ -474,6 +500,10 @@ def select_distributed(
     budget : int
     workers : WorkerSettings, optional
         Evaluators, shards, CPUs per actor, restarts (default :class:`WorkerSettings`).
+    compress_valid : int, optional
+        Compress each (class's) validation set larger than this to this many balanced points
+        (:func:`goracs_ray.select.compress.compress_validation`); the trace and the log give
+        the bound on the POO change (``parts[k].info["compression"]``).
     fault : FaultPlan, optional
         Test hook: crash one actor once mid-selection.
     **options
@@ -494,10 +524,16 @@ def select_distributed(
     result = select_features(
         features,
         budget,
-        part_runner=functools.partial(_run_part, workers=workers, fault=fault),
+        part_runner=functools.partial(
+            _run_part, workers=workers, fault=fault, compress_valid=compress_valid
+        ),
         **options,
     )
-    settings = {**result.settings, "distributed": dataclasses.asdict(workers)}
+    settings = {
+        **result.settings,
+        "distributed": dataclasses.asdict(workers),
+        "compress_valid": compress_valid,
+    }
     return dataclasses.replace(result, settings=settings)
 
 
@@ -512,5 +548,7 @@ def run_distributed_selector(cfg: Any, features: FeatureTable, options: dict[str
     if cfg.method == "goracs_greedy":
         options = {**options, "refine_stage": False}
     workers = WorkerSettings(evaluators=cfg.workers, shards=cfg.shards or cfg.workers)
-    result = select_distributed(features, cfg.budget, workers=workers, **options)
+    result = select_distributed(
+        features, cfg.budget, workers=workers, compress_valid=cfg.compress_valid, **options
+    )
     return _to_selection(result, cfg.method, cfg.seed)
