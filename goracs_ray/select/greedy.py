@@ -52,6 +52,8 @@ class GreedyResult:
     ----------
     indices : (n,) int64
         Selected rows, in the order they were added (after any trim).
+    order : (n_added,) int64
+        Every row added with a negative gain (plus the first), in order, before trim and fill.
     n_added : int
         Rows added before the trim (> n when inactive members were dropped).
     n_zero_gain : int
@@ -63,6 +65,7 @@ class GreedyResult:
     """
 
     indices: np.ndarray
+    order: np.ndarray
     n_added: int
     n_zero_gain: int
     n_gain_evals: int
@@ -229,6 +232,7 @@ def greedy_init(
     indices, n_fill = finish_greedy(cost.shape[0], chosen, support, n, trim, sums)
     return GreedyResult(
         indices=indices,
+        order=np.array(chosen, dtype=np.int64),
         n_added=n_added,
         n_zero_gain=n_fill,
         n_gain_evals=n_evals,
@@ -268,6 +272,7 @@ def greedy_dense(cost: np.ndarray, n: int, *, trim_inactive: bool = False) -> Gr
     indices, n_fill = finish_greedy(cost.shape[0], chosen, support, n, trim, sums)
     return GreedyResult(
         indices=indices,
+        order=np.array(chosen, dtype=np.int64),
         n_added=n_added,
         n_zero_gain=n_fill,
         n_gain_evals=n_evals,
