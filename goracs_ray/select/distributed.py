@@ -243,6 +243,7 @@ class _SelectorActor:
         indices, n_fill = finish_greedy(len(sums), chosen, support, n, trim, sums)
         return GreedyResult(
             indices=indices,
+            order=np.array(chosen, dtype=np.int64),
             n_added=n_added,
             n_zero_gain=n_fill,
             n_gain_evals=sum(ray.get([s.n_gain_evals.remote() for s in self.shards])),

@@ -33,6 +33,7 @@ def test_waves_give_the_serial_coreset_for_1_2_4_evaluators(ray_local, data):
     ray_local.get(selector.prepare.remote({"lam": 0.1, "divide_distance": True, "grad_max": None}))
     greedy = ray_local.get(selector.greedy.remote(20, False))
     np.testing.assert_array_equal(greedy.indices, serial_greedy.indices)
+    np.testing.assert_array_equal(greedy.order, serial_greedy.order)
     for batch in (1, 3):
         serial = refine(cost, greedy.indices, batch_size=batch, **OPTS)
         assert len(serial.swaps) >= 2
