@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small problem (< 1 min)")
     parser.add_argument("--swaps", type=int, default=50, help="accepted exchanges (main run)")
     parser.add_argument("--compare-swaps", type=int, default=10, help="exchanges timed for 1 vs 2")
+    parser.add_argument("--n-train", type=int, help="override N (scaling points)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per batch (ITRA)")
     parser.add_argument("--time-limit", type=float, default=900.0, help="exchange phase cap (s)")
     args = parser.parse_args()
@@ -91,6 +92,7 @@ def main() -> None:
     if args.quick:
         n_train, n_valid, budget, dim = (20_000, 1_000, 256, 32)
         args.swaps, args.compare_swaps = 10, 4
+    n_train = args.n_train or n_train
 
     import ray
 
