@@ -8,8 +8,9 @@ embeddings), log-normal gradient norms, λ = 0.5, n = 1000, cut_num = 30.
     PYTHONPATH=. python benchmarks/bench_itra.py            # 15,000 × 5,000 (~15–25 min)
     PYTHONPATH=. python benchmarks/bench_itra.py --quick    # 3,000 × 1,000, n = 200 (< 1 min)
 
-Prints one ``name: value`` line per figure, the main figure (default vs faithful time to the
-faithful mode's final POO) last.
+Prints one ``name: value`` line per figure; the main figure last: the faithful mode's run time
+(100 swaps or the time cap) over the time the default mode needs to reach the faithful mode's
+final POO. The line before it uses the faithful mode's time to reach its own final POO instead.
 """
 
 from __future__ import annotations
@@ -135,9 +136,13 @@ def main() -> None:
     rss = _peak_rss_of_cli(train, valid, grads, n, lam, cut_num)
     limit = 3 * n_train * n_valid * 4 / 2**20
     print(f"goracs_select_peak_rss_mb: {rss:.0f} (limit 3·N·M·4 B = {limit:.0f} MB)")
+    t_run = float(runs["faithful"].swap_seconds[-1])
+    t_run = max(t_run, cap) if runs["faithful"].stop_reason.value == "time_limit" else t_run
     print(f"faithful_seconds_to_its_final_poo: {t_faithful:.1f}")
+    print(f"faithful_run_seconds: {t_run:.1f}")
     print(f"default_seconds_to_faithful_final_poo: {t_default:.1f}")
-    print(f"refine_time_ratio_faithful_over_default: {t_faithful / t_default:.1f}x")
+    print(f"refine_ratio_time_to_reach_faithful_over_default: {t_faithful / t_default:.1f}x")
+    print(f"refine_ratio_faithful_run_over_default_time_to_reach: {t_run / t_default:.1f}x")
 
 
 if __name__ == "__main__":

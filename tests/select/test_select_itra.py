@@ -63,7 +63,7 @@ def test_pruning_scores_match_the_definition(estimator):
     duals = dual_columns(cost[members], sol.u, members)
     got = all_scores(cost, members, duals, estimator=estimator)
     want = _manual_scores(cost, members, sol.u, corrected=estimator is Estimator.CORRECTED)
-    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_allclose(got, want, atol=1e-6)
     # block split (shards with ascending row ids) changes nothing
     parts = [
         pruning_scores(cost[a:b], np.arange(a, b), duals, n=5, estimator=estimator)
