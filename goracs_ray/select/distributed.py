@@ -335,7 +335,9 @@ class _SelectorActor:
         deadline = t0 + limit if limit is not None else math.inf
         members = np.asarray(start, dtype=np.int64).copy()
         cost_members = self.rows(members).astype(np.float64)
-        solution = solve_ot(cost_members)
+        # the serial refine's first solve: warm from (u = 0, v = column minima) when warm
+        init = (np.zeros(len(members)), cost_members.min(axis=0)) if opts["warm_start"] else None
+        solution = solve_ot(cost_members, potentials_init=init)
         trace, seconds, swaps = [solution.value], [time.perf_counter() - t0], []
         n_tried, reason, waves, refreshes = 0, StopReason.MAX_ITERS, [], []
         while len(swaps) < opts["max_iters"]:
