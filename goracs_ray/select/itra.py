@@ -286,6 +286,20 @@ def run_part_local(
     return dataclasses.replace(part, seconds={"cost": t1 - t0, **part.seconds})
 
 
+def _class_groups(
+    features: FeatureTable, budget: int, labels: bool
+) -> list[tuple[int | None, int, np.ndarray, np.ndarray]]:
+    """(class, budget, train rows, valid rows) per ITRA run: one per class, or one in total."""
+    if not labels:
+        return [(None, budget, np.arange(features.n_train), np.arange(features.n_valid))]
+    budgets = label_budgets(features.train_labels, features.valid_labels, budget)
+    return [
+        (cls, n_k, np.flatnonzero(features.train_labels == cls),
+         np.flatnonzero(features.valid_labels == cls))
+        for cls, n_k in budgets.items() if n_k > 0
+    ]  # fmt: skip
+
+
 def select_features(
     features: FeatureTable,
     budget: int,
@@ -331,15 +345,7 @@ def select_features(
         "use_labels": bool(labels), "refine_stage": refine_stage, "batch_size": batch_size,
         "time_limit": time_limit,
     }  # fmt: skip
-    if labels:
-        budgets = label_budgets(features.train_labels, features.valid_labels, budget)
-        groups = [
-            (cls, n_k, np.flatnonzero(features.train_labels == cls),
-             np.flatnonzero(features.valid_labels == cls))
-            for cls, n_k in budgets.items() if n_k > 0
-        ]  # fmt: skip
-    else:
-        groups = [(None, budget, np.arange(features.n_train), np.arange(features.n_valid))]
+    groups = _class_groups(features, budget, labels)
     grads = features.grad_norms
     grad_max = float(grads.max()) if grads is not None and grads.max() > 0 else None
     seconds = {"cost": 0.0, "greedy": 0.0, "refine": 0.0}
