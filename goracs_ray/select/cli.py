@@ -57,6 +57,10 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="swaps per round")
     p.add_argument("--time-limit", type=float, help="refinement time limit in seconds")
+    p.add_argument("--distributed", action="store_true", help="run on Ray (same coreset)")
+    p.add_argument("--workers", type=int, default=d.workers, help="OT evaluators (distributed)")
+    p.add_argument("--shards", type=int, help="cost row shards (distributed; default --workers)")
+    p.add_argument("--compress-valid", type=int, help="compress V to this many points (distr.)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (randomised methods)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -82,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
         method=args.method, budget=args.budget, lam=args.lam, estimator=args.estimator,
         max_iters=args.max_iters, cut_num=args.cut_num, trim_inactive=args.trim_inactive,
         use_labels=True if args.label_column else None, batch_size=args.batch_size,
-        time_limit=args.time_limit, seed=args.seed,
+        time_limit=args.time_limit, seed=args.seed, distributed=args.distributed,
+        workers=args.workers, shards=args.shards, compress_valid=args.compress_valid,
     )  # fmt: skip
     inputs = {k: getattr(args, k) for k in ("features", "train", "valid", "grad_norms")}
     select_command(cfg, _load(args), args.out, overwrite=args.overwrite, inputs=inputs)

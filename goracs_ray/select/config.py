@@ -41,6 +41,15 @@ class SelectConfig:
     """Stop refinement after this many seconds (None = no limit)."""
     seed: int = 0
     """Seed for randomised methods (GORACS itself is deterministic)."""
+    distributed: bool = False
+    """Run GORACS on Ray: row-sharded cost, parallel OT evaluators (same coreset as serial)."""
+    workers: int = 2
+    """OT-evaluator actors when distributed (use ``batch_size`` >= workers for parallel waves)."""
+    shards: int | None = None
+    """Cost row-shard actors when distributed (None = ``workers``)."""
+    compress_valid: int | None = None
+    """Distributed only: compress a validation set (per class) larger than this to this many
+    balanced points; the POO change bound is logged and traced (None = no compression)."""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra keyword options passed to the method (e.g. a baseline's settings)."""
 
@@ -64,6 +73,12 @@ class SelectConfig:
             raise ValueError(f"`cut_num` must be >= 1, got {self.cut_num}")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
+        if self.compress_valid is not None and not self.distributed:
+            raise ValueError("`compress_valid` needs `distributed: true`")
+        for name in ("workers", "shards", "compress_valid"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"`time_limit` must be > 0 seconds or null, got {self.time_limit}")
 
@@ -97,4 +112,8 @@ def run_select(cfg: SelectConfig, features: FeatureTable, *, progress: bool = Fa
     opts = cfg.method_options()
     if cfg.method in GORACS_METHODS:
         opts["progress"] = progress
+    if cfg.distributed and cfg.method in GORACS_METHODS:
+        from goracs_ray.select.distributed import run_distributed_selector
+
+        return run_distributed_selector(cfg, features, opts)
     return run_selector(cfg.method, features, cfg.budget, seed=cfg.seed, **opts)

@@ -27,11 +27,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 __all__ = [
+    "ColumnSupport",
     "GreedyResult",
     "column_argmin_count",
+    "finish_greedy",
     "greedy_dense",
     "greedy_gains",
     "greedy_init",
+    "needs_more",
     "row_sums",
 ]
 
@@ -118,13 +121,19 @@ def column_argmin_count(cost: np.ndarray) -> int:
     return len(np.unique(owner))
 
 
-class _Support:
-    """Column minima over S and, per column, the member attaining it (earliest on ties)."""
+class ColumnSupport:
+    """Column minima over S and, per column, the member attaining it (earliest on ties).
 
-    def __init__(self, cost: np.ndarray, first: int) -> None:
-        self.col_min = cost[first].copy()
-        self.owner = np.zeros(cost.shape[1], dtype=np.int64)  # position in S
-        self.counts = [cost.shape[1]]  # columns owned, per position in S
+    Parameters
+    ----------
+    first_row : (M,) float32
+        Costs of the first member of S.
+    """
+
+    def __init__(self, first_row: np.ndarray) -> None:
+        self.col_min = np.array(first_row, copy=True)
+        self.owner = np.zeros(first_row.shape[0], dtype=np.int64)  # position in S
+        self.counts = [first_row.shape[0]]  # columns owned, per position in S
 
     def add(self, row: np.ndarray) -> None:
         better = row < self.col_min
@@ -139,15 +148,18 @@ class _Support:
         return sum(1 for c in self.counts if c > 0)
 
 
-def _finish(
-    cost: np.ndarray, chosen: list[int], support: _Support, n: int, trim: bool, sums: np.ndarray
+def finish_greedy(
+    n_rows: int, chosen: list[int], support: ColumnSupport, n: int, trim: bool, sums: np.ndarray
 ) -> tuple[np.ndarray, int]:
-    """Fill by row sums when gains are exhausted, or trim inactive members; returns (S, #fill)."""
+    """Fill by row sums when gains are exhausted, or trim inactive members; returns (S, #fill).
+
+    ``sums`` : (n_rows,) float64 row sums of the whole cost matrix.
+    """
     n_fill = 0
     if trim and support.n_active >= n:
         return np.array([i for i, c in zip(chosen, support.counts) if c > 0], dtype=np.int64), 0
     if len(chosen) < n:
-        rest = np.setdiff1d(np.arange(cost.shape[0]), chosen)
+        rest = np.setdiff1d(np.arange(n_rows), chosen)
         fill = rest[np.argsort(sums[rest], kind="stable")[: n - len(chosen)]]
         n_fill = len(fill)
         chosen = chosen + fill.tolist()
@@ -160,7 +172,8 @@ def _finish(
     return np.array(chosen[:n], dtype=np.int64), n_fill
 
 
-def _needs_more(support: _Support, size: int, n: int, trim: bool) -> bool:
+def needs_more(support: ColumnSupport, size: int, n: int, trim: bool) -> bool:
+    """Whether the greedy must add another row (|S| < n, or too few active members to trim)."""
     return size < n or (trim and support.n_active < n)
 
 
@@ -187,7 +200,7 @@ def greedy_init(
     sums = row_sums(cost)
     first = int(np.argmin(sums))
     trim = trim_inactive and column_argmin_count(cost) > n
-    support = _Support(cost, first)
+    support = ColumnSupport(cost[first])
     chosen = [first]
     heap: list[tuple[float, int]] = []
     for start in range(0, cost.shape[0], _BLOCK_ROWS):
@@ -196,7 +209,7 @@ def greedy_init(
     heapq.heapify(heap)
     n_evals = cost.shape[0]
     bar = tqdm(total=n, desc="greedy", disable=None if progress else True, initial=1)
-    while _needs_more(support, len(chosen), n, trim) and heap:
+    while needs_more(support, len(chosen), n, trim) and heap:
         while True:
             popped = [heapq.heappop(heap) for _ in range(min(_POP_BATCH, len(heap)))]
             rows = np.array([i for _, i in popped])
@@ -216,7 +229,7 @@ def greedy_init(
         bar.update(1)
     bar.close()
     n_added = len(chosen)
-    indices, n_fill = _finish(cost, chosen, support, n, trim, sums)
+    indices, n_fill = finish_greedy(cost.shape[0], chosen, support, n, trim, sums)
     return GreedyResult(
         indices=indices,
         order=np.array(chosen, dtype=np.int64),
@@ -236,12 +249,12 @@ def greedy_dense(cost: np.ndarray, n: int, *, trim_inactive: bool = False) -> Gr
     sums = row_sums(cost)
     first = int(np.argmin(sums))
     trim = trim_inactive and column_argmin_count(cost) > n
-    support = _Support(cost, first)
+    support = ColumnSupport(cost[first])
     chosen = [first]
     member = np.zeros(cost.shape[0], dtype=bool)
     member[first] = True
     n_evals = 0
-    while _needs_more(support, len(chosen), n, trim) and not member.all():
+    while needs_more(support, len(chosen), n, trim) and not member.all():
         gains = np.empty(cost.shape[0], dtype=np.float64)
         for start in range(0, cost.shape[0], _BLOCK_ROWS):
             gains[start : start + _BLOCK_ROWS] = greedy_gains(
@@ -256,7 +269,7 @@ def greedy_dense(cost: np.ndarray, n: int, *, trim_inactive: bool = False) -> Gr
         member[e] = True
         support.add(cost[e])
     n_added = len(chosen)
-    indices, n_fill = _finish(cost, chosen, support, n, trim, sums)
+    indices, n_fill = finish_greedy(cost.shape[0], chosen, support, n, trim, sums)
     return GreedyResult(
         indices=indices,
         order=np.array(chosen, dtype=np.int64),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,10 @@ from goracs_ray.select.types import FeatureTable, Selection
 __all__ = [
     "CoresetResult",
     "ItraResult",
+    "PartRunner",
     "itra",
     "label_budgets",
+    "run_part_local",
     "select_coreset",
     "select_features",
 ]
@@ -50,7 +53,9 @@ class ItraResult:
     n_ot_solves : int
         Exact OT problems solved.
     seconds : dict[str, float]
-        Wall time of "greedy" and "refine".
+        Wall time of "greedy" and "refine" (and "cost" when the runner built the cost).
+    info : dict[str, Any]
+        Extra JSON-serialisable trace of the runner (e.g. per-wave timings when distributed).
     """
 
     indices: np.ndarray
@@ -59,6 +64,7 @@ class ItraResult:
     poo_trace: np.ndarray
     n_ot_solves: int
     seconds: dict[str, float]
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def poo_greedy(self) -> float:
@@ -229,6 +235,7 @@ class CoresetResult:
                         "trimmed": part.greedy.trimmed,
                     },
                     "seconds": part.seconds,
+                    **part.info,
                 }
             )
         return {
@@ -249,6 +256,34 @@ def _check_options(budget: int, lam: float, max_iters: int, cut_num: int, batch_
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+
+
+PartRunner = Callable[
+    [np.ndarray, np.ndarray, "np.ndarray | None", int, dict[str, Any], dict[str, Any]], ItraResult
+]
+"""``(train_emb, valid_emb, grad_norms, n_k, cost_options, itra_options) -> ItraResult`` for one
+class: builds the POO cost (``cost_options`` are :func:`cost_matrix`'s keywords) and runs ITRA
+(``itra_options`` are :func:`itra`'s keywords); ``seconds["cost"]`` reports the cost time."""
+
+
+def run_part_local(
+    train_emb: np.ndarray,
+    valid_emb: np.ndarray,
+    grad_norms: np.ndarray | None,
+    n_k: int,
+    cost_options: dict[str, Any],
+    itra_options: dict[str, Any],
+) -> ItraResult:
+    """The in-process :data:`PartRunner`: the full cost matrix, then :func:`itra`.
+
+    Memory: N_k·M_k·4 bytes for the cost plus ITRA's working set.
+    """
+    t0 = time.perf_counter()
+    cost = cost_matrix(train_emb, valid_emb, grad_norms, **cost_options).values
+    t1 = time.perf_counter()
+    logger.info("ITRA on %d x %d, budget %d", *cost.shape, n_k)
+    part = itra(cost, n_k, **itra_options)
+    return dataclasses.replace(part, seconds={"cost": t1 - t0, **part.seconds})
 
 
 def _class_groups(
@@ -280,11 +315,14 @@ def select_features(
     time_limit: float | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     progress: bool = False,
+    part_runner: PartRunner = run_part_local,
 ) -> CoresetResult:
     """GORACS on a validated :class:`FeatureTable` (see :func:`select_coreset` for options).
 
-    ``use_labels`` (default: when the table has labels) runs label-enhanced ITRA: one ITRA per
-    validation class on the within-class cost, budgets from :func:`label_budgets`.
+    ``part_runner`` builds the cost and runs ITRA for each class (default in-process;
+    :mod:`goracs_ray.select.distributed` passes a Ray one). ``use_labels`` (default: when the
+    table has labels) runs label-enhanced ITRA: one ITRA per validation class on the within-class
+    cost, budgets from :func:`label_budgets`.
     Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set.
     """
     try:
@@ -313,23 +351,24 @@ def select_features(
     seconds = {"cost": 0.0, "greedy": 0.0, "refine": 0.0}
     parts, rows = [], []
     t_start = time.perf_counter()
+    cost_options = {
+        "lam": lam, "divide_distance": not (faithful and labels), "grad_max": grad_max,
+        "block_rows": block_rows,
+    }  # fmt: skip
+    itra_options = {
+        "estimator": estimator, "max_iters": max_iters, "cut_num": cut_num,
+        "trim_inactive": trim_inactive, "refine_stage": refine_stage, "batch_size": batch_size,
+        "time_limit": time_limit, "progress": progress,
+    }  # fmt: skip
     for cls, n_k, train_rows, valid_rows in groups:
-        t0 = time.perf_counter()
-        cost = cost_matrix(
+        logger.info("class %s: budget %d", cls, n_k)
+        part = part_runner(
             features.train_emb[train_rows] if labels else features.train_emb,
             features.valid_emb[valid_rows] if labels else features.valid_emb,
             None if grads is None else grads[train_rows],
-            lam=lam, divide_distance=not (faithful and labels), grad_max=grad_max,
-            block_rows=block_rows,
-        ).values  # fmt: skip
-        seconds["cost"] += time.perf_counter() - t0
-        logger.info("class %s: ITRA on %d x %d, budget %d", cls, *cost.shape, n_k)
-        part = itra(
-            cost, n_k, estimator=estimator, max_iters=max_iters, cut_num=cut_num,
-            trim_inactive=trim_inactive, refine_stage=refine_stage, batch_size=batch_size,
-            time_limit=time_limit, progress=progress,
+            n_k, cost_options, itra_options,
         )  # fmt: skip
-        del cost
+        seconds["cost"] += part.seconds.get("cost", 0.0)
         seconds["greedy"] += part.seconds["greedy"]
         seconds["refine"] += part.seconds["refine"]
         parts.append(part)
