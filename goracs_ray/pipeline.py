@@ -141,7 +141,7 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
     from goracs_ray.raycluster import ensure_ray
     from goracs_ray.train import finetune
 
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, run_dir)
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)

@@ -44,6 +44,13 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = run_pipeline(cfg, force=args.force)
+    for rec in result.stages:
+        state = "cached" if rec.cached else f"{rec.seconds:7.1f} s"
+        print(f"stage {rec.name:<28} {state}")
+    for arm in result.arms:
+        if len(arm.poo_trace):
+            trace = " → ".join(f"{v:.4f}" for v in arm.poo_trace)
+            print(f"{arm.method} POO (greedy, then each accepted exchange): {trace}")
     for arm in result.arms:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(arm.metrics.items()))
         print(f"{arm.method:>10}: {shown}")

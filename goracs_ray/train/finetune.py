@@ -146,7 +146,9 @@ def finetune(
             f"`train_samples` ({n_train}) and `valid_samples` ({n_valid}) need ≥ `num_workers` "
             f"({cfg.num_workers}) rows each; lower `train.num_workers`"
         )
-    storage = cfg.storage_path or str((out_dir / "checkpoints").resolve())
+    storage = cfg.storage_path or str(out_dir / "checkpoints")
+    if "://" not in storage:  # Ray Train needs an absolute local path or a URI
+        storage = str(Path(storage).resolve())
     name = _run_name(cfg, task, model_path, [train_fp, valid_fp])
     if not resume and "://" not in storage:
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
