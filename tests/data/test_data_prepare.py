@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -210,26 +208,6 @@ def test_ray_reads_prepared_samples(tmp_path, toy_source, ray_local):
     assert load_samples_ray(out, "items").count() == pq.read_table(out / "items.parquet").num_rows
     with pytest.raises(ValueError, match="`split`"):
         load_samples_ray(out, "dev")
-
-
-def test_data_core_modules_do_not_import_ray():
-    core = [
-        "goracs_ray.data",
-        "goracs_ray.data.amazon",
-        "goracs_ray.data.cli",
-        "goracs_ray.data.config",
-        "goracs_ray.data.fetch",
-        "goracs_ray.data.prepare",
-        "goracs_ray.data.samples",
-        "goracs_ray.data.sources",
-    ]
-    code = (
-        "import sys\n"
-        + "".join(f"import {m}\n" for m in core)
-        + "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n"
-        + "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_split_sizes_rules():

@@ -109,19 +109,6 @@ def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, fe
     assert res.n_skipped == 0
 
 
-def test_features_core_does_not_import_ray():
-    core = ["goracs_ray.features.grads", "goracs_ray.features.projection"]
-    core += ["goracs_ray.features.embed", "goracs_ray.features.compute"]
-    core += ["goracs_ray.features.config"]
-    code = (
-        "import sys\n"
-        + "".join(f"import {m}\n" for m in core)
-        + "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n"
-        + "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_cli_lists_features_and_model():
     out = subprocess.run(
         [sys.executable, "-m", "goracs_ray.cli", "--help"], capture_output=True, text=True
