@@ -38,12 +38,12 @@ def test_token_batches_cover_once_within_budget():
 
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
-def test_computer_output_and_batching_invariance(feat_model_dir, task):
+def test_computer_output_and_batching_invariance(tiny_model_dir, task):
     small = FeaturesConfig(task=task, max_length=128, batch_tokens=128, proj_dim=32)
     large = FeaturesConfig(task=task, max_length=128, batch_tokens=4096, proj_dim=32)
     ids, splits, prompts, outputs = _rows(12, task)
-    a = FeatureComputer(small, feat_model_dir, None).compute(ids, splits, prompts, outputs)
-    b = FeatureComputer(large, feat_model_dir, None).compute(ids, splits, prompts, outputs)
+    a = FeatureComputer(small, tiny_model_dir, None).compute(ids, splits, prompts, outputs)
+    b = FeatureComputer(large, tiny_model_dir, None).compute(ids, splits, prompts, outputs)
     assert a.column_names == list(FEATURE_COLUMNS)
     assert a["sample_id"].to_pylist() == ids
     for col in ("grad_norm", "loss"):
@@ -81,15 +81,15 @@ def test_sentence_encoder_offline_minilm():
     assert cos(emb[0], emb[1], dim=0) > cos(emb[0], emb[2], dim=0)
 
 
-def test_warmup_makes_lora_a_grads_nonzero(tmp_path, feat_model_dir):
+def test_warmup_makes_lora_a_grads_nonzero(tmp_path, tiny_model_dir):
     from goracs_ray.features.grads import per_sample_grads
     from goracs_ray.models.lm import load_causal_lm, target_parameter_names
     from goracs_ray.models.text import tokenize_samples
 
     cfg = FeaturesConfig(grad_target="all_lora", warmup_steps=3, max_length=96)
     _, _, prompts, outputs = _rows(16)
-    adapter = warmup_adapter(cfg, feat_model_dir, prompts, outputs, tmp_path / "ad")
-    model, tok = load_causal_lm(feat_model_dir, adapter_path=adapter)
+    adapter = warmup_adapter(cfg, tiny_model_dir, prompts, outputs, tmp_path / "ad")
+    model, tok = load_causal_lm(tiny_model_dir, adapter_path=adapter)
     names = target_parameter_names(model, "all_lora")
     batch = tokenize_samples(tok, prompts[:3], outputs[:3], max_length=96)
     grads = per_sample_grads(model, batch, names).grads
@@ -138,9 +138,9 @@ print("OK", out["torch"][:3])
 
 
 @pytest.mark.parametrize("stage", [0, 3])
-def test_deepspeed_engine_gives_same_norms(feat_model_dir, stage):
+def test_deepspeed_engine_gives_same_norms(tiny_model_dir, stage):
     res = subprocess.run(
-        [sys.executable, "-c", _DS_SCRIPT, str(feat_model_dir), str(stage)],
+        [sys.executable, "-c", _DS_SCRIPT, str(tiny_model_dir), str(stage)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -31,8 +31,8 @@ def _batch(tok, task, n=6):
 
 
 @pytest.fixture(scope="module")
-def warm(feat_model_dir):
-    return _warm_model(feat_model_dir)
+def warm(tiny_model_dir):
+    return _warm_model(tiny_model_dir)
 
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
@@ -52,9 +52,9 @@ def test_vectorised_equals_loop(warm, task, target, method):
     np.testing.assert_allclose(got.losses.numpy(), ref.losses.numpy(), rtol=1e-5)
 
 
-def test_sdpa_hooks_equal_eager_loop(feat_model_dir, warm):
+def test_sdpa_hooks_equal_eager_loop(tiny_model_dir, warm):
     model, tok = warm
-    fast, _ = _warm_model(feat_model_dir, attn="sdpa")
+    fast, _ = _warm_model(tiny_model_dir, attn="sdpa")
     fast.load_state_dict(model.state_dict())
     batch = _batch(tok, "seqrec")
     names = target_parameter_names(model, "all_lora")
@@ -74,8 +74,8 @@ def test_batch_composition_does_not_change_a_sample(warm):
     )
 
 
-def test_fresh_adapter_has_zero_lora_a_grads(feat_model_dir):
-    model, tok = load_causal_lm(feat_model_dir, lora=LoraSettings())
+def test_fresh_adapter_has_zero_lora_a_grads(tiny_model_dir):
+    model, tok = load_causal_lm(tiny_model_dir, lora=LoraSettings())
     names = target_parameter_names(model, "all_lora")
     res = per_sample_grads(model, _batch(tok, "seqrec", n=2), names)
     sizes = [dict(model.named_parameters())[n].numel() for n in names]

@@ -49,8 +49,8 @@ def _expected_ids(samples_dir):
     return ids
 
 
-def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir, feat_model_dir):
-    cfg = _cfg(feat_model_dir)
+def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir, tiny_model_dir):
+    cfg = _cfg(tiny_model_dir)
     want = _expected_ids(samples_dir)
     assert len(want) >= 500
 
@@ -83,7 +83,7 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
 
     # the same rows computed locally (another process, no Ray) give the same projection
     rows = pq.read_table(tmp_path / "clean" / "_pool.parquet").slice(0, 5).to_pydict()
-    local = FeatureComputer(cfg, feat_model_dir, None).compute(
+    local = FeatureComputer(cfg, tiny_model_dir, None).compute(
         rows["sample_id"], rows["split"], rows["prompt"], rows["output"]
     )
     first = pq.read_table(tmp_path / "clean" / "part-00000.parquet").slice(0, 5)
@@ -95,8 +95,8 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
     )
 
 
-def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, feat_model_dir):
-    cfg = _cfg(feat_model_dir)
+def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, tiny_model_dir):
+    cfg = _cfg(tiny_model_dir)
     cfg.splits, cfg.min_actors, cfg.max_actors, cfg.rows_per_shard = ("valid",), 1, 1, 60
     first = compute_features(cfg, samples_dir, tmp_path / "f")
     assert first.n_shards == 1
