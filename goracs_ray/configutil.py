@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["apply_overrides", "from_dict", "load_yaml", "to_dict"]
+__all__ = ["apply_overrides", "documented_yaml", "field_docs", "from_dict", "load_yaml", "to_dict"]
 
 T = TypeVar("T")
 
@@ -150,3 +150,50 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ValueError(f"`{where}` must be a path, got {value!r}")
         return Path(value)
     return value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal under each field), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def documented_yaml(obj: Any, *, indent: int = 0) -> str:
+    """A dataclass config as YAML with each field's docstring as a comment above it."""
+    pad = " " * indent
+    docs = field_docs(type(obj))
+    lines = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        for chunk in _wrap(docs.get(f.name, ""), 96 - indent):
+            lines.append(f"{pad}# {chunk}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(documented_yaml(value, indent=indent + 2))
+        else:
+            dumped = yaml.safe_dump({f.name: to_dict(value)}, default_flow_style=True, width=1000)
+            lines.append(pad + dumped.strip().removeprefix("{").removesuffix("}"))
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) if text else []

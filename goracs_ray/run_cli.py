@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
     )
     show.add_argument("config", nargs="?", help="run YAML (default: built-in defaults)")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.add_argument(
+        "--documented", action="store_true", help="each option's description as a comment"
+    )
     show.set_defaults(func=_show)
 
 
@@ -60,8 +63,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from goracs_ray.config import load_config
-    from goracs_ray.configutil import to_dict
+    from goracs_ray.configutil import documented_yaml, to_dict
 
     cfg = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    if args.documented:
+        print(documented_yaml(cfg))
+    else:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
