@@ -60,11 +60,28 @@ def loopback_head(tmp: Path):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run(
-            [str(ray_bin), "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
-            capture_output=True, timeout=120,
-        )  # fmt: skip
+        _stop_head(str(temp_dir), gcs)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_head(temp_dir: str, gcs_port: int) -> None:
+    """Stop only this head's processes. `ray stop` would kill every Ray on the machine, the test
+    session's own local Ray included (whose driver, pytest, then exits)."""
+    import psutil
+
+    def ours(proc: psutil.Process) -> bool:
+        cmd = " ".join(proc.info["cmdline"] or [])
+        return temp_dir in cmd or f":{gcs_port} " in cmd + " "
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if ours(p)]
+    procs = {q for p in roots for q in [p, *p.children(recursive=True)]}
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs), timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
