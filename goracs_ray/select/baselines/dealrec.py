@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from goracs_ray.select.baselines._common import (
     check_budget,
@@ -23,6 +22,9 @@ from goracs_ray.select.baselines._common import (
 )
 from goracs_ray.select.registry import register_selector
 from goracs_ray.select.types import FeatureTable, Selection
+
+if TYPE_CHECKING:  # torch is imported where used: `goracs select` must not load it otherwise
+    import torch
 
 __all__ = [
     "MFSurrogate",
@@ -87,6 +89,9 @@ class MFSurrogate:
 
     def losses(self, theta: torch.Tensor) -> torch.Tensor:
         """(N,) BCE losses ``softplus(−p_u·q_i) + Σ_j softplus(p_u·q_j)`` at ``theta``."""
+        import torch
+        import torch.nn.functional as F
+
         n_users, n_items, dim = self.shape
         p = theta[: n_users * dim].view(n_users, dim)
         q = theta[n_users * dim :].view(n_items, dim)
@@ -108,6 +113,8 @@ def train_surrogate(
 
     Memory: O((U + I) · dim + N · n_neg · dim).
     """
+    import torch
+
     _, u = np.unique(users, return_inverse=True)
     item_ids, i = np.unique(items, return_inverse=True)
     n_items = len(item_ids)
@@ -135,6 +142,8 @@ def train_surrogate(
 
 def _conjugate_gradient(hvp, b: torch.Tensor, iters: int) -> torch.Tensor:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` given by ``hvp(v) = A v``."""
+    import torch
+
     x = torch.zeros_like(b)
     r = b.clone()
     d = r.clone()
@@ -166,6 +175,8 @@ def surrogate_influence(model: MFSurrogate, settings: SurrogateSettings) -> np.n
 
     Memory: O(P + N · n_neg · dim); no P × P Hessian is formed.
     """
+    import torch
+
     theta = model.theta.detach().requires_grad_(True)
     (g_bar,) = torch.autograd.grad(model.losses(theta).mean(), theta, create_graph=True)
     shift = settings.weight_decay + settings.damping
