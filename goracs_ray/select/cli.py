@@ -34,6 +34,12 @@ def register(subparsers: Any) -> None:
     )
     src = p.add_argument_group("inputs (either --features, or --train and --valid)")
     src.add_argument("--features", type=Path, help="features Parquet file or directory")
+    src.add_argument(
+        "--samples",
+        type=Path,
+        help="with --features: the samples dir of `goracs prepare` (users/items for stratified "
+        "and DEALRec baselines; labels for --label-column label)",
+    )
     src.add_argument("--train", type=Path, help="training embeddings (.npy or .parquet)")
     src.add_argument("--valid", type=Path, help="validation embeddings (.npy or .parquet)")
     src.add_argument("--grad-norms", type=Path, help="(N,) .npy gradient norms (for .npy input)")
@@ -71,7 +77,9 @@ def _load(args: argparse.Namespace) -> FeatureTable:
     if args.features is not None:
         if args.train is not None or args.valid is not None:
             raise ValueError("give either `--features` or `--train`/`--valid`, not both")
-        return load_feature_table(args.features, label_column=args.label_column)
+        return load_feature_table(
+            args.features, label_column=args.label_column, samples_dir=args.samples
+        )
     if args.train is None or args.valid is None:
         raise ValueError("give `--features PATH`, or both `--train PATH` and `--valid PATH`")
     return load_split_features(

@@ -127,3 +127,24 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case, extra, mes
     assert message in capsys.readouterr().err
     assert not out.exists()
     assert not (tmp_path / "out.part").exists()
+
+
+def test_samples_dir_supplies_users_for_stratified_baselines(tmp_path):
+    rng = np.random.default_rng(3)
+    cols = _features_table(rng, labels=False)
+    _write(tmp_path / "features.parquet", cols)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    train_ids = cols["sample_id"][:60]
+    users = [f"u{i % 4}" for i in range(60)]
+    _write(samples / "train.parquet", {"sample_id": train_ids[::-1], "user": users[::-1],
+                                       "target_item": ["i"] * 60})  # fmt: skip
+    base = ["select", "--features", str(tmp_path / "features.parquet"), "--budget", "8",
+            "--method", "stratified_user"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "no_samples")]) == 2
+    assert not (tmp_path / "no_samples").exists()
+    out = tmp_path / "out"
+    assert main([*base, "--samples", str(samples), "--out", str(out)]) == 0
+    chosen = pq.read_table(out / "coreset.parquet").column("sample_id").to_pylist()
+    by_user = {u: sum(users[train_ids.index(c)] == u for c in chosen) for u in set(users)}
+    assert sorted(by_user.values()) == [2, 2, 2, 2]  # 8 picks over 4 equal strata
