@@ -85,7 +85,9 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=50, help="accepted exchanges (main run)")
     parser.add_argument("--compare-swaps", type=int, default=10, help="exchanges timed for 1 vs 2")
     parser.add_argument("--n-train", type=int, help="override N (scaling points)")
-    parser.add_argument("--batch-size", type=int, default=4, help="pairs per batch (ITRA)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="pairs per batch (ITRA); ≥ 2× evaluators"
+    )
     parser.add_argument("--time-limit", type=float, default=900.0, help="exchange phase cap (s)")
     args = parser.parse_args()
     n_train, n_valid, budget, dim = (300_000, 5_000, 1_024, 256)
