@@ -228,8 +228,13 @@ def greedy_init(
         support.add(cost[best[1]])
         bar.update(1)
     bar.close()
+    return _result(cost.shape[0], chosen, support, n, trim, sums, n_evals)
+
+
+def _result(n_rows, chosen, support, n, trim, sums, n_evals) -> GreedyResult:
+    """Finish (trim or zero-gain fill) a greedy run and package it."""
     n_added = len(chosen)
-    indices, n_fill = finish_greedy(cost.shape[0], chosen, support, n, trim, sums)
+    indices, n_fill = finish_greedy(n_rows, chosen, support, n, trim, sums)
     return GreedyResult(
         indices=indices,
         order=np.array(chosen, dtype=np.int64),
@@ -268,13 +273,4 @@ def greedy_dense(cost: np.ndarray, n: int, *, trim_inactive: bool = False) -> Gr
         chosen.append(e)
         member[e] = True
         support.add(cost[e])
-    n_added = len(chosen)
-    indices, n_fill = finish_greedy(cost.shape[0], chosen, support, n, trim, sums)
-    return GreedyResult(
-        indices=indices,
-        order=np.array(chosen, dtype=np.int64),
-        n_added=n_added,
-        n_zero_gain=n_fill,
-        n_gain_evals=n_evals,
-        trimmed=trim and n_fill == 0 and n_added > n,
-    )
+    return _result(cost.shape[0], chosen, support, n, trim, sums, n_evals)
