@@ -15,36 +15,44 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-# One entry per stage package that contributes subcommands, in the order shown in --help.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "goracs_ray.data.cli",
-    "goracs_ray.features.cli",
-    "goracs_ray.select.cli",
-    "goracs_ray.train.cli",
-    "goracs_ray.evaluate.cli",
-    "goracs_ray.run_cli",
-)
+# Subcommand → the module whose `register` adds it (help order). Only the module of the command
+# being run is imported, so e.g. `goracs select` never loads torch (memory) or Ray (start-up).
+_COMMANDS: dict[str, str] = {
+    "data": "goracs_ray.data.cli",
+    "prepare": "goracs_ray.data.cli",
+    "features": "goracs_ray.features.cli",
+    "model": "goracs_ray.features.cli",
+    "select": "goracs_ray.select.cli",
+    "finetune": "goracs_ray.train.cli",
+    "evaluate": "goracs_ray.evaluate.cli",
+    "run": "goracs_ray.run_cli",
+    "config": "goracs_ray.run_cli",
+}
 
 _USER_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, KeyError)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full `goracs` parser with every registered subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `goracs` parser: with ``command``, only the module defining it is imported."""
     parser = argparse.ArgumentParser(
         prog="goracs",
         description="GORACS coreset selection for LLM recommenders, on Ray.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _COMMAND_MODULES:
+    modules = (
+        [_COMMANDS[command]] if command in _COMMANDS else list(dict.fromkeys(_COMMANDS.values()))
+    )
+    for module in modules:
         importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 bad input, 1 failure)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

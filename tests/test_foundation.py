@@ -167,4 +167,19 @@ def test_cli_help_lists_commands():
         [sys.executable, "-m", "goracs_ray.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
-    assert "goracs" in out.stdout
+    for command in ("data", "prepare", "features", "model", "select", "finetune", "evaluate",
+                    "run", "config"):  # fmt: skip
+        assert f"    {command} " in out.stdout, command
+
+
+def test_cli_loads_only_the_command_being_run():
+    """`goracs select` must not pay for torch (≈ 300 MB RSS) or Ray pulled in by other stages."""
+    code = (
+        "import sys\n"
+        "from goracs_ray.cli import build_parser\n"
+        "args = build_parser('select').parse_args(['select', '--budget', '3', '--out', 'x'])\n"
+        "assert args.command == 'select'\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')]\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
