@@ -39,7 +39,8 @@ from goracs_ray.config import RunConfig
 from goracs_ray.configutil import to_dict
 from goracs_ray.io import atomic_file, read_json, write_json, write_parquet
 from goracs_ray.report import ArmResult, write_report
-from goracs_ray.stages import StageRecord, run_stage, stage_key
+from goracs_ray.select.config import SelectConfig
+from goracs_ray.stages import StageGraph, StageRecord, stage_key
 
 __all__ = ["RunResult", "run_pipeline", "select_stage"]
 
@@ -119,18 +120,33 @@ def _git_sha() -> str | None:
 
 
 def _build_model(cfg: RunConfig, samples_dir: Path, out: Path) -> None:
+    from goracs_ray.data.prompts import format_full_text
     from goracs_ray.models.tiny import build_tiny_llm
 
     items = pq.read_table(samples_dir / "items.parquet", columns=["title"])
     train = pq.read_table(samples_dir / "train.parquet", columns=["instruction", "input", "output"])
-    from goracs_ray.data.prompts import format_full_text
-
     rows = train.slice(0, min(train.num_rows, 20_000)).to_pylist()
     texts = items.column("title").to_pylist() + [
         format_full_text(r["instruction"], r["input"], r["output"]) for r in rows
     ]
-    tiny = to_dict(cfg.model.tiny)
-    build_tiny_llm(texts, out, seed=cfg.model.seed, overwrite=True, **tiny)
+    build_tiny_llm(texts, out, seed=cfg.model.seed, overwrite=True, **to_dict(cfg.model.tiny))
+
+
+def _select_config(cfg: RunConfig, method: str) -> tuple[SelectConfig, dict[str, Any]]:
+    """The selection config of one method and what its coreset depends on (its cache key).
+
+    ``select.options`` belong to the main method; worker counts and the like change no coreset,
+    so e.g. a new ``select.lam`` leaves the baselines cached.
+    """
+    select_cfg = dataclasses.replace(cfg.select, method=method)
+    if method != cfg.select.method:
+        select_cfg = dataclasses.replace(select_cfg, options={})
+    what = {
+        "budget": select_cfg.budget,
+        "seed": select_cfg.seed,
+        "options": select_cfg.method_options(),
+    }
+    return select_cfg, what
 
 
 def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
@@ -145,101 +161,64 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, run_dir)
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    records: list[StageRecord] = []
+    graph = StageGraph(run_dir, force=force)
     started = time.perf_counter()
+    task = cfg.data.task
 
-    k_data = stage_key("prepare", cfg.data)
-    records.append(
-        run_stage(
-            "prepare",
-            run_dir / "prepare",
-            k_data,
-            lambda d: prepare(cfg.data, d, force=True),
-            force=force,
-        )
-    )
+    data = graph.run("prepare", cfg.data, [], lambda d: prepare(cfg.data, d, force=True))
     samples_dir = run_dir / "prepare" / "samples"
-
     if cfg.model.path is not None:
-        model_path = Path(cfg.model.path)
-        k_model = stage_key("model", str(model_path))
+        model_path, model_key = Path(cfg.model.path), stage_key("model", str(cfg.model.path))
     else:
         model_path = run_dir / "model"
-        k_model = stage_key("model", cfg.model, [k_data])
-        records.append(
-            run_stage(
-                "model",
-                model_path,
-                k_model,
-                lambda d: _build_model(cfg, samples_dir, d),
-                force=force,
-            )
-        )
-
-    features_cfg = dataclasses.replace(cfg.features, model_path=model_path, task=cfg.data.task)
-    k_feat = stage_key("features", features_cfg, [k_data, k_model])
+        model_key = graph.run(
+            "model", cfg.model, [data.key], lambda d: _build_model(cfg, samples_dir, d)
+        ).key
+    features_cfg = dataclasses.replace(cfg.features, model_path=model_path, task=task)
     features_dir = run_dir / "features"
-    records.append(
-        run_stage(
-            "features",
-            features_dir,
-            k_feat,
-            lambda d: compute_features(features_cfg, samples_dir, d, progress=None),
-            force=force,
-            atomic=False,
-        )
+    features = graph.run(
+        "features",
+        features_cfg,
+        [data.key, model_key],
+        lambda d: compute_features(features_cfg, samples_dir, d, progress=None),
+        atomic=False,
     )
 
-    use_labels = cfg.data.task.value == "ctr"
+    use_labels = task.value == "ctr"
     # Checkpoints outside the stage's temporary dir, so a crashed driver resumes training.
     train_cfg = cfg.train
     if train_cfg.storage_path is None:
         train_cfg = dataclasses.replace(train_cfg, storage_path=str(run_dir / "ray_train"))
     arms = []
     for method in cfg.methods:
-        select_cfg = dataclasses.replace(cfg.select, method=method)
-        if method != cfg.select.method:  # `select.options` belong to the main method
-            select_cfg = dataclasses.replace(select_cfg, options={})
-        # Keyed by what changes the coreset (not e.g. worker counts), so `select.lam` leaves
-        # the baselines cached.
-        what = {
-            "budget": select_cfg.budget,
-            "seed": select_cfg.seed,
-            "options": select_cfg.method_options(),
-        }
-        k_sel = stage_key(f"select/{method}", what, [k_feat])
+        select_cfg, what = _select_config(cfg, method)
         sel_dir = run_dir / "select" / method
-        rec_sel = run_stage(
+        ft_dir = run_dir / "finetune" / method
+        sel = graph.run(
             f"select/{method}",
-            sel_dir,
-            k_sel,
+            what,
+            [features.key],
             lambda d, c=select_cfg: select_stage(
                 c, features_dir, samples_dir, d, use_labels=use_labels
             ),
-            force=force,
         )
-        k_ft = stage_key(f"finetune/{method}", train_cfg, [k_sel, k_model])
-        ft_dir = run_dir / "finetune" / method
-        rec_ft = run_stage(
+        ft = graph.run(
             f"finetune/{method}",
-            ft_dir,
-            k_ft,
+            train_cfg,
+            [sel.key, model_key],
             lambda d, s=sel_dir: finetune(
                 train_cfg,
                 model_path=model_path,
                 train_samples=s / "coreset_samples.parquet",
                 valid_samples=samples_dir / "valid.parquet",
                 out_dir=d,
-                task=cfg.data.task,
+                task=task,
             ),
-            force=force,
         )
-        k_ev = stage_key(f"evaluate/{method}", cfg.eval, [k_ft])
-        ev_dir = run_dir / "evaluate" / method
-        rec_ev = run_stage(
+        ev = graph.run(
             f"evaluate/{method}",
-            ev_dir,
-            k_ev,
+            cfg.eval,
+            [ft.key],
             lambda d, f=ft_dir: evaluate(
                 cfg.eval,
                 model_path=model_path,
@@ -247,21 +226,19 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
                 test_samples=samples_dir / "test.parquet",
                 items=samples_dir / "items.parquet",
                 out_dir=d,
-                task=cfg.data.task,
+                task=task,
             ),
-            force=force,
         )
-        records += [rec_sel, rec_ft, rec_ev]
-        arms.append(_arm_result(method, cfg, sel_dir, ev_dir, rec_sel, rec_ft, rec_ev))
+        arms.append(_arm_result(method, cfg, sel_dir, run_dir / "evaluate" / method, sel, ft, ev))
 
-    _write_manifest(cfg, run_dir, records, time.perf_counter() - started)
+    _write_manifest(cfg, run_dir, graph.records, time.perf_counter() - started)
     write_report(
         run_dir,
         arms,
         title=f"goracs_ray run: {run_dir.name}",
         notes=_report_notes(cfg, samples_dir),
     )
-    return RunResult(run_dir=run_dir, arms=arms, stages=records)
+    return RunResult(run_dir=run_dir, arms=arms, stages=graph.records)
 
 
 _NOT_METRICS = {"n", "seconds", "task", "adapter_path"}

@@ -20,7 +20,7 @@ from typing import Any
 from goracs_ray.configutil import to_dict
 from goracs_ray.io import atomic_dir, read_json, write_json
 
-__all__ = ["StageRecord", "run_stage", "stage_key"]
+__all__ = ["StageGraph", "StageRecord", "run_stage", "stage_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +93,35 @@ def run_stage(
         pending.unlink()
     logger.info("stage %s: done in %.1f s", name, seconds)
     return StageRecord(name, key, str(out_dir), cached=False, seconds=seconds)
+
+
+@dataclasses.dataclass
+class StageGraph:
+    """Runs named stages under one run directory, each in ``run_dir / name``, keeping records.
+
+    ``graph.run("select/goracs", cfg, [features.key], build)`` keys the stage by its config and
+    the keys of the stages it reads, skips it when its output for that key exists, and returns
+    the :class:`StageRecord` (whose ``key`` downstream stages list as upstream).
+    """
+
+    run_dir: Path
+    """Root of every stage's output directory."""
+    force: bool = False
+    """Re-run every stage, ignoring cached outputs."""
+    records: list[StageRecord] = dataclasses.field(default_factory=list)
+    """Every stage run so far, in order."""
+
+    def run(
+        self,
+        name: str,
+        config: Any,
+        upstream: Sequence[str],
+        build: Callable[..., object],
+        *,
+        atomic: bool = True,
+    ) -> StageRecord:
+        """:func:`run_stage` of ``name`` into ``run_dir / name``; the record is kept."""
+        key = stage_key(name, config, upstream)
+        record = run_stage(name, self.run_dir / name, key, build, force=self.force, atomic=atomic)
+        self.records.append(record)
+        return record
