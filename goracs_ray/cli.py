@@ -27,6 +27,7 @@ _COMMANDS: dict[str, str] = {
     "evaluate": "goracs_ray.evaluate.cli",
     "run": "goracs_ray.run_cli",
     "config": "goracs_ray.run_cli",
+    "bench": "goracs_ray.bench.cli",
 }
 
 _USER_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, KeyError)

@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["apply_overrides", "documented_yaml", "field_docs", "from_dict", "load_yaml", "to_dict"]
+__all__ = [
+    "apply_overrides",
+    "documented_yaml",
+    "field_docs",
+    "from_dict",
+    "load_yaml",
+    "set_dotted",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -42,14 +50,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override `{item}` must look like `section.key=value`")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override `{item}`: `{part}` is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        set_dotted(data, key.strip(), yaml.safe_load(raw))
     return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``key = "a.b.c"``, creating missing sections."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override `{key}`: `{part}` is not a section")
+    node[parts[-1]] = value
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:

@@ -42,7 +42,18 @@ from goracs_ray.report import ArmResult, write_report
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
 
-__all__ = ["RunResult", "run_pipeline", "select_stage"]
+__all__ = [
+    "Arm",
+    "Inputs",
+    "RunResult",
+    "prepare_inputs",
+    "run_arm",
+    "run_pipeline",
+    "select_stage",
+    "selection_arm",
+    "write_config",
+    "write_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,39 +143,66 @@ def _build_model(cfg: RunConfig, samples_dir: Path, out: Path) -> None:
     build_tiny_llm(texts, out, seed=cfg.model.seed, overwrite=True, **to_dict(cfg.model.tiny))
 
 
-def _select_config(cfg: RunConfig, method: str) -> tuple[SelectConfig, dict[str, Any]]:
-    """The selection config of one method and what its coreset depends on (its cache key).
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What every arm of a run reads: the prepared samples, the base model and the features."""
 
-    ``select.options`` belong to the main method; worker counts and the like change no coreset,
-    so e.g. a new ``select.lam`` leaves the baselines cached.
+    samples_dir: Path
+    """``prepare/samples`` ({train,valid,test,items}.parquet)."""
+    model_path: Path
+    """The base HF model dir."""
+    features_dir: Path
+    """The features stage's Parquet shards."""
+    keys: dict[str, str]
+    """Stage keys of ``prepare``, ``model`` and ``features`` (upstream of every arm)."""
+    train_cfg: Any
+    """``cfg.train`` with its Ray Train storage resolved under the run dir."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One select → finetune → evaluate chain of a run."""
+
+    name: str
+    """Label in reports (``goracs``, ``goracs_faithful``, ``full_data``)."""
+    path: str
+    """Stage directory under ``select/``, ``finetune/`` and ``evaluate/`` (e.g. ``goracs`` or
+    ``goracs/b1024-s0``)."""
+    select: SelectConfig | None
+    """The selection; None fine-tunes on the whole training split (the full-data reference)."""
+    select_key: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the coreset depends on (its cache key; worker counts and the like excluded)."""
+    train_seed: int = 0
+    """Seed of the fine-tuning (LoRA init, data order, dropout)."""
+
+
+def selection_arm(
+    name: str,
+    path: str,
+    base: SelectConfig,
+    *,
+    method: str,
+    options: dict[str, Any],
+    budget: int,
+    seed: int,
+    train_seed: int,
+) -> Arm:
+    """An arm selecting with ``method`` (``base`` gives the GORACS settings such as ``lam``).
+
+    The cache key holds only what changes the coreset (budget, seed, the method's resolved
+    options): worker counts and the like do not, and a new ``lam`` leaves the baselines cached.
     """
-    select_cfg = dataclasses.replace(cfg.select, method=method)
-    if method != cfg.select.method:
-        select_cfg = dataclasses.replace(select_cfg, options={})
-    what = {
-        "budget": select_cfg.budget,
-        "seed": select_cfg.seed,
-        "options": select_cfg.method_options(),
-    }
-    return select_cfg, what
+    select_cfg = dataclasses.replace(base, method=method, options=options, budget=budget, seed=seed)
+    what = {"budget": budget, "seed": seed, "options": select_cfg.method_options()}
+    return Arm(name, path, select_cfg, what, train_seed=train_seed)
 
 
-def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
-    """Run every stage of ``cfg`` (cached by content); returns metrics per selection method."""
+def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
+    """Run the shared stages (prepare → model → features) of ``cfg`` in ``graph``."""
     from goracs_ray.data.prepare import prepare
-    from goracs_ray.evaluate import evaluate
     from goracs_ray.features import compute_features
-    from goracs_ray.raycluster import ensure_ray
-    from goracs_ray.train import finetune
 
-    run_dir = Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(cfg, run_dir)
-    ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    graph = StageGraph(run_dir, force=force)
-    started = time.perf_counter()
-    task = cfg.data.task
-
+    run_dir = graph.run_dir
     data = graph.run("prepare", cfg.data, [], lambda d: prepare(cfg.data, d, force=True))
     samples_dir = run_dir / "prepare" / "samples"
     if cfg.model.path is not None:
@@ -174,7 +212,7 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
         model_key = graph.run(
             "model", cfg.model, [data.key], lambda d: _build_model(cfg, samples_dir, d)
         ).key
-    features_cfg = dataclasses.replace(cfg.features, model_path=model_path, task=task)
+    features_cfg = dataclasses.replace(cfg.features, model_path=model_path, task=cfg.data.task)
     features_dir = run_dir / "features"
     features = graph.run(
         "features",
@@ -183,60 +221,102 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
         lambda d: compute_features(features_cfg, samples_dir, d, progress=None),
         atomic=False,
     )
-
-    use_labels = task.value == "ctr"
     # Checkpoints outside the stage's temporary dir, so a crashed driver resumes training.
     train_cfg = cfg.train
     if train_cfg.storage_path is None:
         train_cfg = dataclasses.replace(train_cfg, storage_path=str(run_dir / "ray_train"))
+    keys = {"prepare": data.key, "model": model_key, "features": features.key}
+    return Inputs(samples_dir, model_path, features_dir, keys, train_cfg)
+
+
+def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmResult:
+    """Select (unless full data) → fine-tune → evaluate one arm; each stage cached by content."""
+    from goracs_ray.evaluate import evaluate
+    from goracs_ray.train import finetune
+
+    task, samples_dir = cfg.data.task, inputs.samples_dir
+    train_cfg = dataclasses.replace(inputs.train_cfg, seed=arm.train_seed)
+    sel_dir = graph.run_dir / "select" / arm.path
+    if arm.select is not None:
+        sel = graph.run(
+            f"select/{arm.path}",
+            arm.select_key,
+            [inputs.keys["features"]],
+            lambda d: select_stage(
+                arm.select,
+                inputs.features_dir,
+                samples_dir,
+                d,
+                use_labels=task.value == "ctr",
+            ),
+        )
+        train_samples, upstream = sel_dir / "coreset_samples.parquet", sel.key
+    else:
+        train_samples, upstream = samples_dir / "train.parquet", inputs.keys["prepare"]
+    ft_dir = graph.run_dir / "finetune" / arm.path
+    ft = graph.run(
+        f"finetune/{arm.path}",
+        train_cfg,
+        [upstream, inputs.keys["model"]],
+        lambda d: finetune(
+            train_cfg,
+            model_path=inputs.model_path,
+            train_samples=train_samples,
+            valid_samples=samples_dir / "valid.parquet",
+            out_dir=d,
+            task=task,
+        ),
+    )
+    ev_dir = graph.run_dir / "evaluate" / arm.path
+    graph.run(
+        f"evaluate/{arm.path}",
+        cfg.eval,
+        [ft.key],
+        lambda d: evaluate(
+            cfg.eval,
+            model_path=inputs.model_path,
+            adapter_path=ft_dir / "adapter",
+            test_samples=samples_dir / "test.parquet",
+            items=samples_dir / "items.parquet",
+            out_dir=d,
+            task=task,
+        ),
+    )
+    return _arm_result(arm, ft_dir, ev_dir, sel_dir)
+
+
+def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
+    """Run every stage of ``cfg`` (cached by content); returns metrics per selection method."""
+    from goracs_ray.raycluster import ensure_ray
+
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    graph = StageGraph(run_dir, force=force)
+    started = time.perf_counter()
+    inputs = prepare_inputs(cfg, graph)
     arms = []
     for method in cfg.methods:
-        select_cfg, what = _select_config(cfg, method)
-        sel_dir = run_dir / "select" / method
-        ft_dir = run_dir / "finetune" / method
-        sel = graph.run(
-            f"select/{method}",
-            what,
-            [features.key],
-            lambda d, c=select_cfg: select_stage(
-                c, features_dir, samples_dir, d, use_labels=use_labels
-            ),
+        # `select.options` belong to the main method only.
+        options = cfg.select.options if method == cfg.select.method else {}
+        arm = selection_arm(
+            method,
+            method,
+            cfg.select,
+            method=method,
+            options=options,
+            budget=cfg.select.budget,
+            seed=cfg.select.seed,
+            train_seed=cfg.train.seed,
         )
-        ft = graph.run(
-            f"finetune/{method}",
-            train_cfg,
-            [sel.key, model_key],
-            lambda d, s=sel_dir: finetune(
-                train_cfg,
-                model_path=model_path,
-                train_samples=s / "coreset_samples.parquet",
-                valid_samples=samples_dir / "valid.parquet",
-                out_dir=d,
-                task=task,
-            ),
-        )
-        ev = graph.run(
-            f"evaluate/{method}",
-            cfg.eval,
-            [ft.key],
-            lambda d, f=ft_dir: evaluate(
-                cfg.eval,
-                model_path=model_path,
-                adapter_path=f / "adapter",
-                test_samples=samples_dir / "test.parquet",
-                items=samples_dir / "items.parquet",
-                out_dir=d,
-                task=task,
-            ),
-        )
-        arms.append(_arm_result(method, cfg, sel_dir, run_dir / "evaluate" / method, sel, ft, ev))
-
-    _write_manifest(cfg, run_dir, graph.records, time.perf_counter() - started)
+        arms.append(run_arm(graph, cfg, inputs, arm))
+    write_manifest(cfg, run_dir, graph.records, time.perf_counter() - started)
     write_report(
         run_dir,
         arms,
         title=f"goracs_ray run: {run_dir.name}",
-        notes=_report_notes(cfg, samples_dir),
+        notes=_report_notes(cfg, inputs.samples_dir),
     )
     return RunResult(run_dir=run_dir, arms=arms, stages=graph.records)
 
@@ -244,25 +324,25 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
 _NOT_METRICS = {"n", "seconds", "task", "adapter_path"}
 
 
-def _arm_result(method, cfg, sel_dir, ev_dir, *recs: StageRecord) -> ArmResult:
-    trace = read_json(sel_dir / "selection_trace.json")
+def _arm_result(arm: Arm, ft_dir: Path, ev_dir: Path, sel_dir: Path) -> ArmResult:
     metrics = read_json(ev_dir / "metrics.json")
     numeric = {
         k: float(v)
         for k, v in metrics.items()
         if k not in _NOT_METRICS and isinstance(v, (int, float))
     }
+    seconds = {"finetune": _stage_seconds(ft_dir), "evaluate": _stage_seconds(ev_dir)}
+    if arm.select is None:
+        n_train = int(read_json(ft_dir / "train_metrics.json")["n_train"])
+        return ArmResult(arm.name, n_train, arm.train_seed, numeric, {"select": 0.0, **seconds})
+    trace = read_json(sel_dir / "selection_trace.json")
     parts = trace.get("info", {}).get("parts", [])
     return ArmResult(
-        method=method,
+        method=arm.name,
         budget=int(trace["budget"]),
-        seed=cfg.select.seed,
+        seed=arm.select.seed,
         metrics=numeric,
-        seconds={
-            "select": float(trace["seconds"]),
-            "finetune": _stage_seconds(Path(recs[1].out_dir)),
-            "evaluate": _stage_seconds(Path(recs[2].out_dir)),
-        },
+        seconds={"select": float(trace["seconds"]), **seconds},
         # One trace per class part (label-enhanced); the report plots the single-part case.
         poo_trace=parts[0]["poo_trace"] if len(parts) == 1 else [],
     )
@@ -289,12 +369,14 @@ def _config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _write_config(cfg: RunConfig, run_dir: Path) -> None:
+def write_config(cfg: RunConfig, run_dir: Path) -> None:
+    """``run_dir/config.yaml``: the resolved config, replayable as is."""
     with atomic_file(run_dir / "config.yaml") as part:
         part.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def _write_manifest(cfg: RunConfig, run_dir: Path, records, seconds: float) -> None:
+def write_manifest(cfg: RunConfig, run_dir: Path, records, seconds: float) -> None:
+    """``run_dir/manifest.json``: config hash, git sha, versions, seeds, stage timings."""
     manifest: dict[str, Any] = {
         "config_hash": _config_hash(cfg),
         "config": to_dict(cfg),

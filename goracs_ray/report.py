@@ -8,7 +8,7 @@ from pathlib import Path
 
 from goracs_ray.io import atomic_file
 
-__all__ = ["ArmResult", "write_report"]
+__all__ = ["ArmResult", "lower_is_better", "metric_order", "write_report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +30,12 @@ class ArmResult:
 
 
 def _metrics_table(arms: Sequence[ArmResult]) -> list[str]:
-    names = sorted({k for arm in arms for k in arm.metrics}, key=_metric_order)
+    names = sorted({k for arm in arms for k in arm.metrics}, key=metric_order)
     best = {}
     for name in names:
         values = [arm.metrics[name] for arm in arms if name in arm.metrics]
         if len(set(values)) > 1:  # bold only a strict winner
-            best[name] = min(values) if _lower_is_better(name) else max(values)
+            best[name] = min(values) if lower_is_better(name) else max(values)
     lines = [
         "| method | budget | seed | " + " | ".join(names) + " |",
         "|---|---:|---:|" + "---:|" * len(names),
@@ -50,11 +50,11 @@ def _metrics_table(arms: Sequence[ArmResult]) -> list[str]:
     return lines
 
 
-def _lower_is_better(name: str) -> bool:
+def lower_is_better(name: str) -> bool:
     return "loss" in name or name == "mean_rank"
 
 
-def _metric_order(name: str) -> tuple[str, int]:
+def metric_order(name: str) -> tuple[str, int]:
     base, _, k = name.partition("@")
     return (base, int(k) if k.isdigit() else 0)
 
@@ -81,7 +81,7 @@ def _plot(arms: Sequence[ArmResult], out_dir: Path) -> list[str]:
         plt.close(fig)
         images.append("poo.png")
     names = sorted(
-        {k for arm in arms for k in arm.metrics if not _lower_is_better(k)}, key=_metric_order
+        {k for arm in arms for k in arm.metrics if not lower_is_better(k)}, key=metric_order
     )
     if names:
         fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.5))

@@ -25,8 +25,14 @@ def test_reference_yaml_is_current_and_documents_every_option():
 
 
 def test_every_shipped_config_loads():
+    from goracs_ray.bench import bench_arms, load_bench_config
+
     for path in sorted(REFERENCE.parent.glob("*.yaml")):
-        load_config(path)
+        if path.name.startswith("bench_"):
+            assert len(bench_arms(load_bench_config(path))) > 1
+            assert len(bench_arms(load_bench_config(path, quick=True))) >= 1
+        else:
+            load_config(path)
 
 
 def test_overrides_and_unknown_keys(tmp_path):

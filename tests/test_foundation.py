@@ -112,6 +112,8 @@ RAY_FREE_MODULES = [
     "goracs_ray.configutil",
     "goracs_ray.io",
     "goracs_ray.report",
+    "goracs_ray.bench.config",
+    "goracs_ray.bench.results",
     "goracs_ray.stages",
     "goracs_ray.data",
     "goracs_ray.data.amazon",
@@ -168,7 +170,7 @@ def test_cli_help_lists_commands():
     )
     assert out.returncode == 0
     for command in ("data", "prepare", "features", "model", "select", "finetune", "evaluate",
-                    "run", "config"):  # fmt: skip
+                    "run", "config", "bench"):  # fmt: skip
         assert f"    {command} " in out.stdout, command
 
 

@@ -59,6 +59,12 @@ def toy_run_config(root: Path) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def make_toy_run_config():
+    """:func:`toy_run_config` (test modules cannot import conftest by name)."""
+    return toy_run_config
+
+
 @pytest.fixture(scope="module")
 def toy_config_file(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")

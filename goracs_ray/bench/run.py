@@ -1,0 +1,155 @@
+"""`run_bench`: every method × budget × seed (+ full data) through the pipeline's cached stages.
+
+Layout of ``run_dir`` (shared stages as in ``goracs run``)::
+
+    prepare/ model/ features/                 shared by every arm
+    select/<method>/b<budget>-s<seed>/        coreset of one arm
+    finetune/<method>/b<budget>-s<seed>/      adapter (full data: finetune/full_data/s<seed>/)
+    evaluate/<method>/b<budget>-s<seed>/      metrics.json
+    results.parquet  results.md  metric_vs_budget.png  time.png  manifest.json  config.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from goracs_ray.bench.config import FULL_DATA, BenchConfig
+from goracs_ray.bench.results import headline_metric, results_table, write_results
+from goracs_ray.io import read_json
+from goracs_ray.pipeline import (
+    Arm,
+    prepare_inputs,
+    run_arm,
+    selection_arm,
+    write_config,
+    write_manifest,
+)
+from goracs_ray.report import ArmResult
+from goracs_ray.stages import StageGraph
+
+__all__ = ["BenchResult", "bench_arms", "run_bench"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchResult:
+    """What :func:`run_bench` produced."""
+
+    run_dir: Path
+    """The benchmark directory."""
+    table: pa.Table
+    """One row per arm (``results.parquet``): method, budget, seed, metrics, stage seconds."""
+    results_md: Path
+    """``results.md``: mean ± std per method and budget, best in bold."""
+    seconds: float
+    """Wall time of this invocation (cached stages cost ≈ 0)."""
+
+
+def bench_arms(cfg: BenchConfig) -> list[Arm]:
+    """The arms of ``cfg``: full-data rows first (the longest), then budget, method, seed."""
+    from goracs_ray.select import get_selector  # the package registers every baseline
+
+    for spec in cfg.bench.specs:
+        get_selector(spec.method)  # unknown names fail before any stage runs
+    arms = []
+    if cfg.bench.full_data:
+        arms += [Arm(FULL_DATA, f"{FULL_DATA}/s{s}", None, train_seed=s) for s in cfg.bench.seeds]
+    for budget in cfg.bench.budgets:
+        for spec in cfg.bench.specs:
+            for seed in cfg.bench.seeds:
+                arms.append(
+                    selection_arm(
+                        spec.name,
+                        f"{spec.name}/b{budget}-s{seed}",
+                        cfg.select,
+                        method=spec.method,
+                        options=spec.options,
+                        budget=budget,
+                        seed=seed,
+                        train_seed=seed,
+                    )
+                )
+    return arms
+
+
+def run_bench(
+    cfg: BenchConfig, *, force: bool = False, progress: bool | None = None
+) -> BenchResult:
+    """Run the benchmark ``cfg`` (every stage cached by content) and write its results.
+
+    Arms run ``cfg.bench.parallel_arms`` at a time. Re-running the same config costs seconds;
+    adding a seed, budget or method runs only the new arms. On a failing arm the running ones
+    finish, the rest are not started, and the error is raised (a re-run resumes from the cache).
+    """
+    from tqdm.auto import tqdm
+
+    from goracs_ray.raycluster import ensure_ray
+
+    started = time.perf_counter()
+    arms = bench_arms(cfg)
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    graph = StageGraph(run_dir, force=force)
+    inputs = prepare_inputs(cfg, graph)
+    n_train = pq.read_metadata(inputs.samples_dir / "train.parquet").num_rows
+    too_big = [b for b in cfg.bench.budgets if b >= n_train]
+    if too_big:
+        raise ValueError(
+            f"`bench.budgets` {too_big} are not below the {n_train} training samples; "
+            "lower them (the full-data row is `bench.full_data`)"
+        )
+    logger.info("bench: %d arms, %d at a time", len(arms), cfg.bench.parallel_arms)
+    results: list[ArmResult | None] = [None] * len(arms)
+    bar = tqdm(
+        total=len(arms),
+        desc="bench arms",
+        unit="arm",
+        disable=None if progress is None else not progress,
+    )
+    with ThreadPoolExecutor(cfg.bench.parallel_arms, thread_name_prefix="arm") as pool:
+        futures = {pool.submit(run_arm, graph, cfg, inputs, arm): i for i, arm in enumerate(arms)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()  # type: ignore[misc]
+                results[futures[future]] = future.result()
+                bar.update(1)
+    bar.close()
+    done_arms = [r for r in results if r is not None]
+    table = results_table(done_arms)
+    card = read_json(inputs.samples_dir / "dataset_card.json")
+    metric = cfg.bench.metric or headline_metric(cfg.data.task.value)
+    results_md = write_results(run_dir, table, metric=metric, notes=_notes(cfg, card, n_train))
+    seconds = time.perf_counter() - started
+    write_manifest(cfg, run_dir, graph.records, seconds)
+    return BenchResult(run_dir, table, results_md, seconds)
+
+
+def _notes(cfg: BenchConfig, card: dict, n_train: int) -> list[str]:
+    counts = ", ".join(f"{k} {v['samples']}" for k, v in card["splits"].items())
+    tested = cfg.eval.max_samples or card["splits"]["test"]["samples"]
+    model = cfg.model.path or "tiny LLaMA built from the catalog"
+    lines = [
+        f"- data: `{cfg.data.source.kind.value}` `{cfg.data.task.value}`; samples: {counts}",
+        f"- model: {model}; LoRA fine-tuning {cfg.train.epochs} epoch(s), lr {cfg.train.lr}",
+        f"- seeds: {cfg.bench.seeds} (selection and fine-tuning); test samples evaluated: {tested}",
+        f"- GORACS: λ = {cfg.select.lam}, max_iters {cfg.select.max_iters}, "
+        f"estimator {cfg.select.estimator.value}",
+    ]
+    if cfg.bench.full_data:
+        lines.append(f"- `{FULL_DATA}`: fine-tuned on all {n_train} training samples")
+    return lines

@@ -1,0 +1,98 @@
+"""`goracs bench` end to end on the toy data: arms, results, caching, new arms only."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from goracs_ray.bench import load_bench_config, run_bench
+from goracs_ray.cli import main
+
+
+@pytest.fixture(scope="module")
+def bench_yaml(tmp_path_factory, make_toy_run_config):
+    root = tmp_path_factory.mktemp("bench")
+    cfg = make_toy_run_config(root)
+    del cfg["compare"], cfg["select"]["budget"]
+    cfg["bench"] = {
+        "methods": ["random", "goracs_greedy"],
+        "budgets": [16],
+        "seeds": [0, 1],
+        "full_data": True,
+        "parallel_arms": 2,
+    }
+    path = root / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(bench_yaml, ray_local):
+    assert main(["bench", str(bench_yaml)]) == 0
+    return load_bench_config(bench_yaml).run_dir
+
+
+def test_bench_runs_every_arm_and_writes_results(first_run):
+    run_dir = first_run
+    table = pq.read_table(run_dir / "results.parquet").to_pandas()
+    arms = sorted(zip(table.method, table.budget, table.seed))
+    assert arms == [
+        ("full_data", 96, 0), ("full_data", 96, 1),
+        ("goracs_greedy", 16, 0), ("goracs_greedy", 16, 1),
+        ("random", 16, 0), ("random", 16, 1),
+    ]  # fmt: skip
+    assert table["ndcg@10"].between(0, 1).all()
+    assert (table.finetune_s > 0).all()
+    assert (table[table.method == "full_data"].select_s == 0).all()
+    for seed in (0, 1):
+        arm = f"goracs_greedy/b16-s{seed}"
+        assert (run_dir / "finetune" / arm / "adapter" / "adapter_config.json").is_file()
+        assert json.loads((run_dir / "evaluate" / arm / "metrics.json").read_text())["n"] == 4
+    assert (run_dir / "finetune" / "full_data" / "s1" / "adapter").is_dir()
+    # a deterministic method picks the same coreset for both seeds; random does not
+    ids = {
+        (m, s): pq.read_table(run_dir / "select" / m / f"b16-s{s}" / "coreset.parquet")
+        .column("sample_id")
+        .to_pylist()
+        for m in ("random", "goracs_greedy")
+        for s in (0, 1)
+    }
+    assert ids["goracs_greedy", 0] == ids["goracs_greedy", 1]
+    assert ids["random", 0] != ids["random", 1]
+    text = (run_dir / "results.md").read_text()
+    assert "## Budget 16: mean ± std over seeds" in text
+    assert "| full_data (96 samples, reference) | 2 |" in text
+    assert "| goracs_greedy | 16 |" in text  # the paired comparison with random
+    assert (run_dir / "metric_vs_budget.png").is_file()
+    assert (run_dir / "time.png").is_file()
+    stages = [s["name"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]]
+    assert stages[:3] == ["prepare", "model", "features"]
+    assert len(stages) == 3 + 2 * 2 + 4 * 3
+
+
+def test_rerun_is_cached_and_a_new_seed_runs_only_its_arms(first_run, bench_yaml, ray_local):
+    again = run_bench(load_bench_config(bench_yaml), progress=False)
+    assert again.table.num_rows == 6
+    manifest = json.loads((first_run / "manifest.json").read_text())
+    assert all(s["cached"] for s in manifest["stages"])
+    changed = load_bench_config(
+        bench_yaml,
+        ["bench.methods=[random]", "bench.seeds=[0, 1, 2]", "bench.full_data=false"],
+    )
+    result = run_bench(changed, progress=False)
+    ran = sorted(
+        s["name"]
+        for s in json.loads((first_run / "manifest.json").read_text())["stages"]
+        if not s["cached"]
+    )
+    assert ran == ["evaluate/random/b16-s2", "finetune/random/b16-s2", "select/random/b16-s2"]
+    assert result.table.column("seed").to_pylist() == [0, 1, 2]
+
+
+def test_budget_not_below_the_training_pool_is_refused(bench_yaml, first_run, ray_local):
+    cfg = load_bench_config(bench_yaml, ["bench.budgets=[96]"])
+    with pytest.raises(ValueError, match=r"`bench.budgets` \[96\] are not below the 96"):
+        run_bench(cfg, progress=False)
