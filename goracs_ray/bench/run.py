@@ -25,6 +25,7 @@ from goracs_ray.bench.results import headline_metric, results_table, write_resul
 from goracs_ray.io import read_json
 from goracs_ray.pipeline import (
     Arm,
+    Inputs,
     prepare_inputs,
     run_arm,
     selection_arm,
@@ -108,6 +109,7 @@ def run_bench(
             f"`bench.budgets` {too_big} are not below the {n_train} training samples; "
             "lower them (the full-data row is `bench.full_data`)"
         )
+    _dry_run(cfg, inputs, arms)
     logger.info("bench: %d arms, %d at a time", len(arms), cfg.bench.parallel_arms)
     results: list[ArmResult | None] = [None] * len(arms)
     bar = tqdm(
@@ -137,6 +139,34 @@ def run_bench(
     seconds = time.perf_counter() - started
     write_manifest(cfg, run_dir, graph.records, seconds)
     return BenchResult(run_dir, table, results_md, seconds)
+
+
+def _dry_run(cfg: BenchConfig, inputs: Inputs, arms: list[Arm], rows: int = 64) -> None:
+    """Run every method once on the first ``rows`` samples, so that a missing feature (e.g. LESS
+    without ``features.proj_dim``) or a bad option fails in seconds, not after an hour of arms."""
+    from goracs_ray.select.config import run_select
+    from goracs_ray.select.inputs import load_feature_table
+
+    table = load_feature_table(
+        inputs.features_dir,
+        samples_dir=inputs.samples_dir,
+        label_column="label" if cfg.data.task.value == "ctr" else None,
+    )
+    small = table.head(min(rows, table.n_train), min(rows, table.n_valid))
+    tried = set()
+    for arm in arms:
+        if arm.select is None or arm.name in tried:
+            continue
+        tried.add(arm.name)
+        probe = dataclasses.replace(
+            arm.select, budget=min(8, small.n_train), distributed=False, compress_valid=None
+        )
+        try:
+            run_select(probe, small)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"bench method `{arm.name}` cannot run on these features: {exc}"
+            ) from exc
 
 
 def _notes(cfg: BenchConfig, card: dict, n_train: int) -> list[str]:

@@ -137,6 +137,20 @@ class FeatureTable:
         """M, the number of validation samples."""
         return int(self.valid_emb.shape[0])
 
+    def head(self, n_train: int, n_valid: int) -> FeatureTable:
+        """The first ``n_train`` training and ``n_valid`` validation rows (for dry runs)."""
+        rows, cols = slice(0, n_train), slice(0, n_valid)
+        pick = {
+            "train_ids": rows, "train_emb": rows, "grad_norms": rows, "train_labels": rows,
+            "train_grad_proj": rows, "train_losses": rows,
+            "valid_emb": cols, "valid_labels": cols, "valid_grad_proj": cols,
+        }  # fmt: skip
+        fields = {
+            k: None if getattr(self, k) is None else getattr(self, k)[v] for k, v in pick.items()
+        }
+        groups = {k: np.asarray(v)[rows] for k, v in (self.train_groups or {}).items()}
+        return FeatureTable(**fields, train_groups=groups or None)
+
     def require(self, *names: str, method: str) -> None:
         """Raise ValueError if any optional feature ``names`` is missing for ``method``."""
         missing = [name for name in names if getattr(self, name) is None]

@@ -96,3 +96,11 @@ def test_budget_not_below_the_training_pool_is_refused(bench_yaml, first_run, ra
     cfg = load_bench_config(bench_yaml, ["bench.budgets=[96]"])
     with pytest.raises(ValueError, match=r"`bench.budgets` \[96\] are not below the 96"):
         run_bench(cfg, progress=False)
+
+
+def test_a_method_missing_its_features_fails_before_any_arm_runs(bench_yaml, first_run, ray_local):
+    cfg = load_bench_config(bench_yaml, ["bench.methods=[random, less]", "bench.seeds=[5]"])
+    with pytest.raises(ValueError, match="bench method `less` cannot run on these features"):
+        run_bench(cfg, progress=False)
+    assert not (first_run / "select" / "random" / "b16-s5").exists()
+    assert not (first_run / "select" / "less").exists()

@@ -165,3 +165,24 @@ def test_exhaustive_small_instances_bound_greedy():
     best = min(values.values())
     greedy = greedy_init(cost, 3).indices
     assert values[tuple(sorted(greedy.tolist()))] >= best - 1e-12
+
+
+def test_feature_table_head_slices_every_per_row_field():
+    from goracs_ray.select.types import FeatureTable
+
+    rng = np.random.default_rng(0)
+    table = FeatureTable(
+        train_ids=np.arange(10),
+        train_emb=rng.normal(size=(10, 3)),
+        valid_emb=rng.normal(size=(6, 3)),
+        grad_norms=np.arange(10.0),
+        train_grad_proj=rng.normal(size=(10, 2)),
+        valid_grad_proj=rng.normal(size=(6, 2)),
+        train_groups={"user": np.arange(10) % 3},
+    )
+    small = table.head(4, 2)
+    assert (small.n_train, small.n_valid) == (4, 2)
+    np.testing.assert_array_equal(small.grad_norms, [0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(small.valid_grad_proj, table.valid_grad_proj[:2])
+    np.testing.assert_array_equal(small.train_groups["user"], [0, 1, 2, 0])
+    assert small.train_losses is None
