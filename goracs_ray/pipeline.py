@@ -41,6 +41,7 @@ from goracs_ray.io import atomic_file, read_json, write_json, write_parquet
 from goracs_ray.report import ArmResult, write_report
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
+from goracs_ray.train.config import TrainConfig
 
 __all__ = [
     "Arm",
@@ -155,7 +156,7 @@ class Inputs:
     """The features stage's Parquet shards."""
     keys: dict[str, str]
     """Stage keys of ``prepare``, ``model`` and ``features`` (upstream of every arm)."""
-    train_cfg: Any
+    train_cfg: TrainConfig
     """``cfg.train`` with its Ray Train storage resolved under the run dir."""
 
 

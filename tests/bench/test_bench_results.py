@@ -77,6 +77,8 @@ def test_against_random_is_paired_by_seed_and_judged_against_the_seed_spread():
     assert grand[2:5] == ["+0.0300", "0.1300", "1/3"]
     assert grand[5] == "no"
     assert "| random |" not in section
+    # the headroom: full data − random = +0.10, +0.08, +0.06
+    assert _row(section, "full_data")[1:] == ["1024", "+0.0800", "0.0200", "3/3", "yes, better"]
 
 
 def test_write_results_writes_parquet_markdown_plots_and_rejects_an_unknown_metric(tmp_path):
