@@ -14,7 +14,7 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
   final norm and LM head only at the positions whose logits enter the loss (the answer tokens for
   SeqRec, the last prompt token for CTR);
 * the final hidden states at every position (for LLM embeddings) are computed only on request, by
-  one extra no-grad pass of the last layer's query side.
+  one extra no-grad pass of the last layer (sharing the prefix too when the target is in it).
 
 Only plain LLaMA-architecture models on one device are supported (:func:`supports_llama_forward`);
 anything else (another architecture, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
@@ -144,18 +144,27 @@ def _full_layer(layer, h, rope) -> torch.Tensor:
     return _mlp_block(layer, h + _proj(attn.o_proj, _attend(attn, q, k, v, None)))
 
 
-def _shared_prefix_layers(layers, dec, ids, prefix: int) -> torch.Tensor:
-    """Run ``layers`` with the first ``prefix`` tokens (equal in every row) computed once.
+def _shared_prefix_layers(layers, dec, hp, hs):
+    """Run ``layers`` on rows that share a prefix, computing the prefix once.
 
-    Returns the (B, T, H) output hidden states; call under ``torch.no_grad``.
+    Parameters
+    ----------
+    hp : (1, P, H)
+        Hidden states of the prefix (equal in every row).
+    hs : (B, S, H)
+        Hidden states of each row's own tokens (absolute positions P … P + S - 1).
+
+    Returns
+    -------
+    (hp, hs)
+        The same parts after ``layers``. Call under ``torch.no_grad``.
     """
-    n_rows, width = ids.shape
-    pos = torch.arange(width, device=ids.device).unsqueeze(0)
-    hp, hs = dec.embed_tokens(ids[:1, :prefix]), dec.embed_tokens(ids[:, prefix:])
+    prefix, n_rows, width = hp.shape[1], hs.shape[0], hp.shape[1] + hs.shape[1]
+    pos = torch.arange(width, device=hs.device).unsqueeze(0)
     rope_p = _rope_tables(*dec.rotary_emb(hp, pos[:, :prefix]))
     rope_s = _rope_tables(*dec.rotary_emb(hs, pos[:, prefix:]))
-    # suffix query i (absolute position prefix + i) sees keys 0 … prefix + i
-    mask = pos <= (prefix + torch.arange(width - prefix, device=ids.device)).unsqueeze(1)
+    # own token i (absolute position prefix + i) sees keys 0 … prefix + i
+    mask = pos <= (prefix + torch.arange(width - prefix, device=hs.device)).unsqueeze(1)
     for layer in layers:
         attn = layer.self_attn
         qp, kp, vp = _qkv(attn, layer.input_layernorm(hp), rope_p)
@@ -164,7 +173,13 @@ def _shared_prefix_layers(layers, dec, ids, prefix: int) -> torch.Tensor:
         v = torch.cat([vp.expand(n_rows, -1, -1, -1), vs], dim=2)
         hp = _mlp_block(layer, hp + _proj(attn.o_proj, _attend(attn, qp, kp, vp, None)))
         hs = _mlp_block(layer, hs + _proj(attn.o_proj, _attend(attn, qs, k, v, mask)))
-    return torch.cat([hp.expand(n_rows, -1, -1), hs], dim=1)
+    return hp, hs
+
+
+def _join(parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(1, P, H) prefix and (B, S, H) rows → (B, P + S, H)."""
+    hp, hs = parts
+    return torch.cat([hp.expand(hs.shape[0], -1, -1), hs], dim=1)
 
 
 def _common_prefix(ids: torch.Tensor) -> int:
@@ -248,21 +263,30 @@ def llama_losses(
     ids, labels = batch["input_ids"], batch["labels"]
     first = min(int(_LAYER_RE.search(n).group(1)) for n in names)
     pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    last = len(dec.layers) - 1
     with torch.no_grad():
         prefix = _common_prefix(ids) if first > 0 and ids.shape[0] > 1 else 0
+        parts = None
         if prefix >= MIN_SHARED_PREFIX:
-            h = _shared_prefix_layers(dec.layers[:first], dec, ids, prefix)
+            embed = dec.embed_tokens
+            parts = (embed(ids[:1, :prefix]), embed(ids[:, prefix:]))
+            parts = _shared_prefix_layers(dec.layers[:first], dec, *parts)
+            h = _join(parts)
         else:
             h = dec.embed_tokens(ids)
             rope = _rope_tables(*dec.rotary_emb(h, pos))
             for layer in dec.layers[:first]:
                 h = _full_layer(layer, h, rope)
         rope = _rope_tables(*dec.rotary_emb(h, pos))
+    # the hidden states' last layer can reuse the shared prefix only if nothing ran in between
+    shared_hidden = with_hidden and parts is not None and first == last
     with torch.enable_grad():
         for layer in dec.layers[first:-1]:
             h = _full_layer(layer, h, rope)
         qpos, targets = _loss_slots(labels, task)
-        out_q, out_all = _last_layer(dec.layers[-1], h, rope, qpos, with_hidden=with_hidden)
+        out_q, out_all = _last_layer(
+            dec.layers[-1], h, rope, qpos, with_hidden=with_hidden and not shared_hidden
+        )
         final = dec.norm(out_q)
         if task is Task.CTR:
             two = head(final[:, 0])[:, token_ids.to(final.device)].float()
@@ -270,7 +294,9 @@ def llama_losses(
         else:
             losses = token_loss_from_hidden(final, targets, head)
     hidden = None
-    if out_all is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if shared_hidden:
+            out_all = _join(_shared_prefix_layers(dec.layers[-1:], dec, *parts))
+        if out_all is not None:
             hidden = dec.norm(out_all)
     return losses, hidden
