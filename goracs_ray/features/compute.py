@@ -155,6 +155,7 @@ class FeatureComputer:
             task=cfg.task,
             method=cfg.grad_method,
             token_ids=self.token_ids,
+            with_hidden=self.encoder is None,
         )
         out = {"grad_norm": res.norms.cpu().numpy(), "loss": res.losses.cpu().numpy()}
         if self.projector is not None:

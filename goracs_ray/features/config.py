@@ -71,7 +71,7 @@ class FeaturesConfig:
     grad_target: GradTarget = GradTarget.LAST_V_LORA_B
     """Parameters whose per-sample gradient is measured."""
     grad_method: GradMethod = GradMethod.HOOKS
-    """``hooks`` (any engine), ``vmap`` or ``loop`` (reference, slow)."""
+    """``hooks`` (LLaMA fast forward, else HF), ``hooks_hf``, ``vmap`` or ``loop`` (slow)."""
     loss_on: LossOn = LossOn.RESPONSE
     """Tokens in the SeqRec loss: the answer (default) or ``all``."""
     max_length: int = 256

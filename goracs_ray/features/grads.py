@@ -1,14 +1,20 @@
 """Per-sample gradients of the LoRA target parameters, without a per-sample backward loop.
 
-Three methods give the same numbers (tested to rel. error ≤ 1e-4):
+Four methods give the same numbers (tested to rel. error ≤ 1e-4):
 
 ``hooks`` (default)
     One forward and one ``autograd.grad`` of Σ_i loss_i with respect to the *outputs* of the
     target Linear layers (lora_A / lora_B are bias-free ``nn.Linear``). For a linear layer
     ``y = x Wᵀ`` the per-sample weight gradient is ``G_i = Σ_t δ_{i,t} x_{i,t}ᵀ`` (METHOD.md §6),
     with ``x`` the layer input captured by a forward hook and ``δ = ∂(Σ loss)/∂y``; samples never
-    mix because attention and the loss are per sample. Works under any engine that runs the
-    module's forward (plain torch, DeepSpeed), and never builds parameter ``.grad``.
+    mix because attention and the loss are per sample. Never builds parameter ``.grad``. On a
+    plain LLaMA model the forward is :func:`goracs_ray.features.llama_forward.llama_losses`,
+    which skips what the gradients do not need (no autograd below the first target layer, the
+    shared prompt prefix computed once, the last layer's queries/MLP/head only at loss
+    positions); on anything else (DeepSpeed ZeRO-3, other architectures) it is ``hooks_hf``.
+``hooks_hf``
+    The same with the model's own HF forward (every position, autograd everywhere); works under
+    any engine that runs the module's forward (plain torch, DeepSpeed).
 ``vmap``
     ``torch.func.vmap(grad(loss))`` over the batch with ``functional_call``: generic (any
     parameter, not only Linear weights), but computes the full-vocabulary logits.
@@ -29,6 +35,7 @@ import enum
 import torch
 
 from goracs_ray.data.schema import Task
+from goracs_ray.features.llama_forward import llama_losses, supports_llama_forward
 from goracs_ray.models.losses import (
     causal_lm_loss,
     causal_lm_loss_from_hidden,
@@ -45,6 +52,7 @@ class GradMethod(str, enum.Enum):
     """How per-sample gradients are computed (see the module docstring)."""
 
     HOOKS = "hooks"
+    HOOKS_HF = "hooks_hf"
     VMAP = "vmap"
     LOOP = "loop"
 
@@ -62,7 +70,7 @@ class PerSampleGrads:
     losses : (B,) float32
         Per-sample losses (SeqRec token mean or CTR 2-way CE).
     hidden : (B, T, H) float32 or None
-        Final hidden states (``hooks`` method only), for LLM embeddings.
+        Final hidden states when asked (``with_hidden``, hooks methods only), for LLM embeddings.
     """
 
     grads: torch.Tensor
@@ -103,12 +111,14 @@ def _owner_modules(model, names: list[str]) -> list[torch.nn.Linear]:
     return owners
 
 
-def _grads_hooks(model, batch, names, task, token_ids) -> PerSampleGrads:
+def _grads_hooks(model, batch, names, task, token_ids, *, fast: bool, with_hidden: bool):
     owners = _owner_modules(model, names)
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make_hook(i):
         def hook(_mod, inputs, output):
+            if not torch.is_grad_enabled():  # a no-grad pass (hidden states only)
+                return
             if i in captured:
                 raise RuntimeError(f"target `{names[i]}` ran twice in one forward")
             captured[i] = (inputs[0].detach(), output)
@@ -118,7 +128,12 @@ def _grads_hooks(model, batch, names, task, token_ids) -> PerSampleGrads:
     handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(owners)]
     try:
         with torch.enable_grad():
-            hidden, losses = _hidden_loss(model, batch, task, token_ids)
+            if fast:
+                losses, hidden = llama_losses(
+                    model, batch, names, task, token_ids, with_hidden=with_hidden
+                )
+            else:
+                hidden, losses = _hidden_loss(model, batch, task, token_ids)
             outs = [captured[i][1] for i in range(len(owners))]
             deltas = torch.autograd.grad(losses.sum(), outs)
     finally:
@@ -129,7 +144,8 @@ def _grads_hooks(model, batch, names, task, token_ids) -> PerSampleGrads:
         for i, d in enumerate(deltas)
     ]
     grads = torch.cat(pieces, dim=1)
-    return PerSampleGrads(grads, grads.norm(dim=1), losses.detach().float(), hidden.detach())
+    hidden = hidden.detach() if with_hidden else None
+    return PerSampleGrads(grads, grads.norm(dim=1), losses.detach().float(), hidden)
 
 
 def _sample_loss(model, params, input_ids, labels, task, token_ids):
@@ -180,13 +196,6 @@ def _grads_loop(model, batch, names, task, token_ids) -> PerSampleGrads:
     return PerSampleGrads(grads, grads.norm(dim=1), torch.stack(losses))
 
 
-_METHODS = {
-    GradMethod.HOOKS: _grads_hooks,
-    GradMethod.VMAP: _grads_vmap,
-    GradMethod.LOOP: _grads_loop,
-}
-
-
 def per_sample_grads(
     model,
     batch: dict[str, torch.Tensor],
@@ -195,6 +204,7 @@ def per_sample_grads(
     task: Task | str = Task.SEQREC,
     method: GradMethod | str = GradMethod.HOOKS,
     token_ids: torch.Tensor | None = None,
+    with_hidden: bool = False,
 ) -> PerSampleGrads:
     """Per-sample gradients of ``names`` for each row of ``batch``.
 
@@ -211,9 +221,11 @@ def per_sample_grads(
         ``"seqrec"``: causal-LM loss averaged over each sample's label tokens; ``"ctr"``: 2-way
         ("No", "Yes") cross-entropy at the last prompt token.
     method : GradMethod or str
-        ``"hooks"`` (default), ``"vmap"`` or ``"loop"``.
+        ``"hooks"`` (default), ``"hooks_hf"``, ``"vmap"`` or ``"loop"``.
     token_ids : (2,) int64, optional
         ("No", "Yes") token ids, required for CTR.
+    with_hidden : bool
+        Also return the final hidden states of every position (hooks methods; for embeddings).
 
     Returns
     -------
@@ -225,4 +237,9 @@ def per_sample_grads(
         raise ValueError("`token_ids` is required for task `ctr` (see models.losses.ctr_token_ids)")
     if not names:
         raise ValueError("`names` is empty: give at least one target parameter")
-    return _METHODS[method](model, batch, names, task, token_ids)
+    if method is GradMethod.VMAP:
+        return _grads_vmap(model, batch, names, task, token_ids)
+    if method is GradMethod.LOOP:
+        return _grads_loop(model, batch, names, task, token_ids)
+    fast = method is GradMethod.HOOKS and supports_llama_forward(model, names)
+    return _grads_hooks(model, batch, names, task, token_ids, fast=fast, with_hidden=with_hidden)

@@ -28,6 +28,7 @@ __all__ = [
     "ctr_loss_from_logits2",
     "ctr_targets",
     "ctr_token_ids",
+    "token_loss_from_hidden",
 ]
 
 IGNORE_INDEX = -100
@@ -76,12 +77,33 @@ def causal_lm_loss_from_hidden(
     (B,) float
         Equal to ``causal_lm_loss(head(hidden), labels)``; not vmap-safe (dynamic shapes).
     """
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
+    return token_loss_from_hidden(hidden[:, :-1], labels[:, 1:], head)
+
+
+def token_loss_from_hidden(
+    hidden: torch.Tensor, targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Mean cross-entropy of ``head(hidden[i, q])`` against ``targets[i, q]`` over valid slots.
+
+    Parameters
+    ----------
+    hidden : (B, Q, H) float
+        Hidden states whose logits predict ``targets`` (slot ``q`` predicts ``targets[:, q]``).
+    targets : (B, Q) int64
+        Next-token ids, ``-100`` for slots without loss.
+    head : callable
+        The LM head, ``(P, H) → (P, V)``; applied to the valid slots only.
+
+    Returns
+    -------
+    (B,) float
+        Per-sample mean over valid slots (0 for a sample without any).
+    """
+    mask = targets != IGNORE_INDEX
     rows = mask.nonzero(as_tuple=True)[0]
-    logits = head(hidden[:, :-1][mask]).float()
-    ce = F.cross_entropy(logits, shift_labels[mask], reduction="none")
-    total = torch.zeros(labels.shape[0], dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
+    logits = head(hidden[mask]).float()
+    ce = F.cross_entropy(logits, targets[mask], reduction="none")
+    total = torch.zeros(targets.shape[0], dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
     return total / mask.sum(-1).clamp_min(1).to(ce.dtype)
 
 

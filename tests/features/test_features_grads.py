@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from goracs_ray.data.prompts import format_prompt
+from goracs_ray.features import llama_forward
 from goracs_ray.features.grads import per_sample_grads
+from goracs_ray.features.llama_forward import supports_llama_forward
 from goracs_ray.models.lm import LoraSettings, load_causal_lm, target_parameter_names
 from goracs_ray.models.losses import ctr_token_ids
 from goracs_ray.models.synthetic import synthetic_samples
@@ -24,10 +26,11 @@ def _warm_model(path, attn="eager"):
     return model, tok
 
 
-def _batch(tok, task, n=6):
+def _batch(tok, task, n=6, **kwargs):
     rows = synthetic_samples(n, task=task, seed=7).to_pylist()
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    return tokenize_samples(tok, prompts, [r["output"] for r in rows], max_length=64)
+    kwargs.setdefault("max_length", 64)
+    return tokenize_samples(tok, prompts, [r["output"] for r in rows], **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +40,12 @@ def warm(tiny_model_dir):
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
 @pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
-@pytest.mark.parametrize("method", ["hooks", "vmap"])
+@pytest.mark.parametrize("method", ["hooks", "hooks_hf", "vmap"])
 def test_vectorised_equals_loop(warm, task, target, method):
     model, tok = warm
     batch = _batch(tok, task)
     names = target_parameter_names(model, target)
+    assert supports_llama_forward(model, names)  # `hooks` takes the LLaMA forward
     ids = ctr_token_ids(tok)
     ref = per_sample_grads(model, batch, names, task=task, method="loop", token_ids=ids)
     got = per_sample_grads(model, batch, names, task=task, method=method, token_ids=ids)
@@ -91,3 +95,74 @@ def test_ctr_needs_token_ids(warm):
     model, tok = warm
     with pytest.raises(ValueError, match="`token_ids`"):
         per_sample_grads(model, _batch(tok, "ctr", 2), ["x"], task="ctr")
+
+
+def _only_trainable(model, names):
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+
+
+@pytest.mark.parametrize("task", ["seqrec", "ctr"])
+@pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
+def test_llama_forward_hidden_equals_hf(tiny_model_dir, warm, task, target):
+    """Production setting (only the target trainable, sdpa): norms equal the loop, and the
+    hidden states asked for embeddings equal the HF forward's at every position."""
+    model, tok = _warm_model(tiny_model_dir, attn="sdpa")
+    model.load_state_dict(warm[0].state_dict())
+    names = target_parameter_names(model, target)
+    _only_trainable(model, names)
+    batch = _batch(tok, task, n=5, max_length=256)
+    ids = ctr_token_ids(tok)
+    ref = per_sample_grads(model, batch, names, task=task, method="loop", token_ids=ids)
+    hf = per_sample_grads(model, batch, names, task=task, method="hooks_hf", token_ids=ids,
+                          with_hidden=True)  # fmt: skip
+    got = per_sample_grads(model, batch, names, task=task, token_ids=ids, with_hidden=True)
+    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(got.losses.numpy(), ref.losses.numpy(), rtol=1e-5)
+    real = batch["attention_mask"].bool()
+    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
+    assert per_sample_grads(model, batch, names, task=task, token_ids=ids).hidden is None
+
+
+def test_shared_prefix_path_equals_plain_path(warm, monkeypatch):
+    model, tok = warm
+    batch = _batch(tok, "seqrec", n=6, max_length=256)
+    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    names = target_parameter_names(model, "last_v_lora_b")
+    shared = per_sample_grads(model, batch, names)
+    monkeypatch.setattr(llama_forward, "MIN_SHARED_PREFIX", 10**9)
+    plain = per_sample_grads(model, batch, names)
+    np.testing.assert_allclose(shared.norms.numpy(), plain.norms.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(shared.grads.numpy(), plain.grads.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_common_prefix_leaves_every_row_a_token():
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4]])
+    assert llama_forward._common_prefix(ids) == 3
+    assert llama_forward._common_prefix(ids[[0, 2]]) == 3  # identical rows
+    assert llama_forward._common_prefix(torch.tensor([[1, 2], [3, 2]])) == 0
+
+
+def test_llama_forward_loss_on_all_tokens(warm):
+    model, tok = warm
+    batch = _batch(tok, "seqrec", n=4, loss_on="all")
+    names = target_parameter_names(model, "last_v_lora_b")
+    ref = per_sample_grads(model, batch, names, method="loop")
+    got = per_sample_grads(model, batch, names)
+    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(got.losses.numpy(), ref.losses.numpy(), rtol=1e-5)
+
+
+def test_llama_forward_only_for_llama_targets_in_layers(warm):
+    model, _ = warm
+    assert not supports_llama_forward(torch.nn.Linear(2, 2), ["weight"])
+    assert not supports_llama_forward(model, ["base_model.model.lm_head.weight"])
+
+
+def test_llama_forward_is_ray_free():
+    import subprocess
+    import sys
+
+    code = "import sys, goracs_ray.features.llama_forward, goracs_ray.features.grads\n"
+    code += "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
