@@ -134,6 +134,7 @@ RAY_FREE_MODULES = [
     "goracs_ray.features.config",
     "goracs_ray.features.embed",
     "goracs_ray.features.grads",
+    "goracs_ray.features.llama_forward",
     "goracs_ray.features.projection",
     "goracs_ray.select",
     "goracs_ray.select.baselines",
