@@ -171,22 +171,38 @@ def _plot(frame: pd.DataFrame, metric: str, out_dir: Path) -> None:
 
     full = frame[frame.method == FULL_DATA]
     chosen = frame[frame.method != FULL_DATA]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, rows in chosen.groupby("method", sort=False):
-        stats = rows.groupby("budget")[metric]
-        mean, std = stats.mean(), stats.std().fillna(0.0)
-        ax.errorbar(mean.index, mean.values, yerr=std.values, marker="o", capsize=3, label=name)
-    if len(full) and metric in full:
-        level = full[metric].mean()
-        ax.axhline(
-            level, color="k", linestyle="--", label=f"{FULL_DATA} ({int(full.budget.iloc[0])})"
-        )
-    if chosen.budget.nunique() > 1:
+    reference = f"{FULL_DATA} ({int(full.budget.iloc[0])})" if len(full) else ""
+    methods = list(dict.fromkeys(chosen.method))
+    if chosen.budget.nunique() == 1:  # one budget: a dot per method, easier to read than lines
+        stats = chosen.groupby("method", sort=False)[metric].agg(["mean", "std"]).fillna(0.0)
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(stats) + 1.5))
+        ax.errorbar(stats["mean"], range(len(stats)), xerr=stats["std"], fmt="o", capsize=3)
+        ax.set_yticks(range(len(stats)), stats.index)
+        ax.invert_yaxis()
+        if reference:
+            ax.axvline(full[metric].mean(), color="k", linestyle="--", label=reference)
+            ax.legend(fontsize="small")
+        ax.set_xlabel(f"{metric} (mean ± std over seeds)")
+        ax.set_title(f"{metric} at budget {int(chosen.budget.iloc[0])}")
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        markers = "osD^vPX*<>"
+        for i, name in enumerate(methods):
+            stats = chosen[chosen.method == name].groupby("budget")[metric]
+            mean, std = stats.mean(), stats.std().fillna(0.0)
+            ax.errorbar(
+                mean.index, mean.values, yerr=std.values, capsize=3, label=name,
+                marker=markers[i % len(markers)], linestyle=("-", "--", ":")[i // len(markers) % 3],
+            )  # fmt: skip
+        if reference:
+            ax.axhline(full[metric].mean(), color="k", linestyle="--", label=reference)
         ax.set_xscale("log", base=2)
-    ax.set_xlabel("budget n (training samples kept)")
-    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-    ax.set_title(f"{metric} vs budget")
-    ax.legend(fontsize="small", ncol=2)
+        budgets = sorted(int(b) for b in chosen.budget.unique())
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("budget n (training samples kept)")
+        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+        ax.set_title(f"{metric} vs budget")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_file(out_dir / "metric_vs_budget.png") as part:
         fig.savefig(part, format="png", dpi=110)
