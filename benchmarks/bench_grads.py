@@ -1,10 +1,15 @@
 """Per-sample gradient norms: vectorised (hooks, vmap) vs the per-sample backward loop.
 
-Same model, same samples, same torch thread count (``--threads``, default 1), one run. Model: the
+Same model, same samples, same torch thread count (``--threads``, default 1), one run; the process
+reuses freed memory (``features.compute.keep_freed_memory``, as ``goracs features`` actors do) for
+every path. Model: the
 default tiny LLaMA (``DEFAULT_TINY``: vocab ≈ 0.8–1k BPE, hidden 64, 2 layers, 4 heads, MLP 128;
 ≈ 0.18 M parameters, printed as ``model_params``) with a fresh LoRA (r 8, q_proj/v_proj, lora_B
 seeded non-zero so every gradient is informative); only the target is trainable, as in the
-reference (METHOD.md §6). Samples: synthetic SeqRec (or CTR) prompts, 256 tokens max.
+reference (METHOD.md §6). Samples: synthetic SeqRec (or CTR) prompts, 256 tokens max (≈ 160
+tokens each, as real ml-100k prompts with this tokenizer: ≈ 170), batched as ``goracs features``
+batches them: sorted by length, ``--batch-tokens`` padded tokens per batch
+(``features.compute.token_batches``).
 
 Loop baselines (the reference practice, METHOD.md §6), both measured; the faster one is the
 denominator of the headline speed-up:
@@ -13,8 +18,8 @@ denominator of the headline speed-up:
     For each sample, unpadded: full HF forward (logits at every position), per-sample causal-LM
     loss, one ``autograd.grad`` of the target matrix (``per_sample_grads(method="loop")``).
 ``loop_batch_forward``
-    One padded batch forward, then per sample ``autograd.grad(loss_i, target, retain_graph=True)``
-    (each backward walks the whole batch's graph, so it is timed on the first batch only, once).
+    One padded batch forward of 64 samples, then per sample ``autograd.grad(loss_i, target,
+    retain_graph=True)`` (each backward walks the whole batch's graph, so it is timed once).
 
 Vectorised paths: ``hooks`` (the production default: LLaMA forward that skips what the gradients
 do not need), ``hooks_hf`` (the same hooks on the plain HF forward) and ``vmap``. ``hooks`` is also
@@ -33,7 +38,8 @@ import numpy as np
 import torch
 
 from goracs_ray.data.prompts import format_full_text, format_prompt
-from goracs_ray.features.config import DEFAULT_TINY
+from goracs_ray.features.compute import keep_freed_memory, token_batches
+from goracs_ray.features.config import DEFAULT_TINY, FeaturesConfig
 from goracs_ray.features.grads import per_sample_grads
 from goracs_ray.models.lm import LoraSettings, load_causal_lm, target_parameter_names
 from goracs_ray.models.losses import causal_lm_loss, ctr_loss, ctr_token_ids
@@ -94,11 +100,11 @@ def _build(args, n):
     for model in (eager, fast):
         for name, p in model.named_parameters():
             p.requires_grad_(name in target_parameter_names(model, args.target))
-    bs = args.batch_size
-    batches = [
-        tokenize_samples(tok, prompts[i : i + bs], outputs[i : i + bs], max_length=args.max_length)
-        for i in range(0, n, bs)
-    ]
+    lengths = tokenize_samples(tok, prompts, outputs, max_length=args.max_length)["attention_mask"]
+    batches = []
+    for rows in token_batches(lengths.sum(1).tolist(), args.batch_tokens):
+        texts = [prompts[i] for i in rows], [outputs[i] for i in rows]
+        batches.append(tokenize_samples(tok, *texts, max_length=args.max_length))
     return eager, fast, tok, batches
 
 
@@ -106,7 +112,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="64 samples, one pass (< 1 min)")
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=FeaturesConfig.batch_tokens,
+        help="padded tokens per batch (the `goracs features` default)",
+    )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sample")
     parser.add_argument("--task", default="seqrec", choices=["seqrec", "ctr"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (all paths)")
@@ -115,6 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     n, repeats = (64, 1) if args.quick else (args.samples, args.repeats)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     eager, fast, tok, batches = _build(args, n)
     names = target_parameter_names(fast, args.target)
     token_ids = ctr_token_ids(tok)
@@ -130,7 +142,9 @@ def main() -> None:
 
     loop, loop_cpu, ref = run(fast, "loop")
     loop_bf, loop_bf_cpu, got_bf = _rate(
-        lambda b: _loop_batch_forward(fast, b, names, args.task, token_ids), batches[:1], 1
+        lambda b: _loop_batch_forward(fast, b, names, args.task, token_ids),
+        [{key: t[:64] for key, t in batches[0].items()}],
+        1,
     )
     vmap, _, got_v = run(eager, "vmap")
     hooks_hf, _, got_hf = run(fast, "hooks_hf")
@@ -145,6 +159,7 @@ def main() -> None:
     print(f"grad_params: {sum(dict(fast.named_parameters())[k].numel() for k in names)}")
     print(f"samples: {n}")
     print(f"threads: {args.threads}")
+    print(f"batches: {len(batches)}")
     print(f"mean_tokens_per_sample: {tokens:.1f}")
     for name, got in (("loop_batch_forward", got_bf), ("vmap", got_v), ("hooks_hf", got_hf)):
         print(f"max_rel_err_{name}: {np.max(np.abs(got - ref[: len(got)]) / ref[: len(got)]):.2e}")

@@ -78,7 +78,7 @@ def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, to
 def _rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotary embedding of ``x`` (B, h, T, hd) with tables from :func:`_rope_tables`."""
     cos, signed_sin = rope
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+    return (x * cos).addcmul_(x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 def _proj(module, x: torch.Tensor) -> torch.Tensor:
@@ -125,30 +125,74 @@ def _attend_few(attn, q, k, v, mask) -> torch.Tensor:
     backward computes only the gradients that are needed (often just the values')."""
     k = repeat_kv(k, attn.num_key_value_groups)
     v = repeat_kv(v, attn.num_key_value_groups)
-    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
-    scores = scores.masked_fill(~mask, float("-inf"))
+    (rows, heads, n_q, hd), n_k = q.shape, k.shape[2]
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -torch.inf)
+    scores = torch.baddbmm(  # bias + scaling · q kᵀ, one (rows·heads)-batched matmul
+        bias.expand(rows, heads, n_q, n_k).reshape(rows * heads, n_q, n_k),
+        q.reshape(rows * heads, n_q, hd),
+        k.reshape(rows * heads, n_k, hd).transpose(1, 2),
+        alpha=attn.scaling,
+    )
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v).transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+    out = torch.bmm(probs, v.reshape(rows * heads, n_k, hd)).view(rows, heads, n_q, hd)
+    return out.transpose(1, 2).reshape(rows, n_q, -1)
+
+
+def _residual(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``h + y``, written into ``y`` (a fresh temporary) when autograd is off."""
+    return h + y if torch.is_grad_enabled() else y.add_(h)
 
 
 def _mlp_block(layer, h: torch.Tensor) -> torch.Tensor:
     mlp, x = layer.mlp, layer.post_attention_layernorm(h)
-    gate = mlp.act_fn(_proj(mlp.gate_proj, x))
-    return h + _proj(mlp.down_proj, gate * _proj(mlp.up_proj, x))
+    gate, up = mlp.act_fn(_proj(mlp.gate_proj, x)), _proj(mlp.up_proj, x)
+    gate = gate * up if torch.is_grad_enabled() else gate.mul_(up)
+    return _residual(h, _proj(mlp.down_proj, gate))
 
 
 def _full_layer(layer, h, rope) -> torch.Tensor:
     """One decoder layer on every position of right-padded rows (causal, no mask needed)."""
     attn = layer.self_attn
     q, k, v = _qkv(attn, layer.input_layernorm(h), rope)
-    return _mlp_block(layer, h + _proj(attn.o_proj, _attend(attn, q, k, v, None)))
+    return _mlp_block(layer, _residual(h, _proj(attn.o_proj, _attend(attn, q, k, v, None))))
 
 
-def _shared_prefix_layers(layers, dec, hp, hs):
+def _prefix_ropes(dec, hp: torch.Tensor, hs: torch.Tensor):
+    """Rotary tables of the prefix (positions 0 … P - 1) and of the rows' own tokens."""
+    prefix, width = hp.shape[1], hp.shape[1] + hs.shape[1]
+    pos = torch.arange(width, device=hs.device).unsqueeze(0)
+    rope_p = _rope_tables(*dec.rotary_emb(hp, pos[:, :prefix]))
+    return rope_p, _rope_tables(*dec.rotary_emb(hs, pos[:, prefix:]))
+
+
+def _prefix_mask(prefix: int, own: int, device) -> torch.Tensor:
+    """(S, P + S) bool: own token i (absolute position P + i) sees keys 0 … P + i."""
+    keys = torch.arange(prefix + own, device=device)
+    return keys <= (prefix + torch.arange(own, device=device)).unsqueeze(1)
+
+
+def _split_layer_rest(layer, parts, queries, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention and MLP of ``layer`` on prefix-split rows, given their queries and keys/values.
+
+    ``parts`` (1, P, H) and (B, S, H); ``queries`` (1, h, P, hd) and (B, h, S, hd); ``k``/``v``
+    (B, kv_h, P + S, hd) with the prefix's entries equal in every row. Under ``no_grad``.
+    """
+    (hp, hs), (qp, qs), attn = parts, queries, layer.self_attn
+    prefix = hp.shape[1]
+    mask = _prefix_mask(prefix, hs.shape[1], hs.device)
+    kp, vp = k[:1, :, :prefix], v[:1, :, :prefix]
+    hp = _mlp_block(layer, _residual(hp, _proj(attn.o_proj, _attend(attn, qp, kp, vp, None))))
+    hs = _mlp_block(layer, _residual(hs, _proj(attn.o_proj, _attend(attn, qs, k, v, mask))))
+    return hp, hs
+
+
+def _shared_prefix_layers(layers, ropes, hp, hs):
     """Run ``layers`` on rows that share a prefix, computing the prefix once.
 
     Parameters
     ----------
+    ropes : tuple
+        From :func:`_prefix_ropes`.
     hp : (1, P, H)
         Hidden states of the prefix (equal in every row).
     hs : (B, S, H)
@@ -159,27 +203,19 @@ def _shared_prefix_layers(layers, dec, hp, hs):
     (hp, hs)
         The same parts after ``layers``. Call under ``torch.no_grad``.
     """
-    prefix, n_rows, width = hp.shape[1], hs.shape[0], hp.shape[1] + hs.shape[1]
-    pos = torch.arange(width, device=hs.device).unsqueeze(0)
-    rope_p = _rope_tables(*dec.rotary_emb(hp, pos[:, :prefix]))
-    rope_s = _rope_tables(*dec.rotary_emb(hs, pos[:, prefix:]))
-    # own token i (absolute position prefix + i) sees keys 0 … prefix + i
-    mask = pos <= (prefix + torch.arange(width - prefix, device=hs.device)).unsqueeze(1)
     for layer in layers:
         attn = layer.self_attn
-        qp, kp, vp = _qkv(attn, layer.input_layernorm(hp), rope_p)
-        qs, ks, vs = _qkv(attn, layer.input_layernorm(hs), rope_s)
-        k = torch.cat([kp.expand(n_rows, -1, -1, -1), ks], dim=2)
-        v = torch.cat([vp.expand(n_rows, -1, -1, -1), vs], dim=2)
-        hp = _mlp_block(layer, hp + _proj(attn.o_proj, _attend(attn, qp, kp, vp, None)))
-        hs = _mlp_block(layer, hs + _proj(attn.o_proj, _attend(attn, qs, k, v, mask)))
+        qp, kp, vp = _qkv(attn, layer.input_layernorm(hp), ropes[0])
+        qs, ks, vs = _qkv(attn, layer.input_layernorm(hs), ropes[1])
+        k, v = _join((kp, ks), dim=2), _join((vp, vs), dim=2)
+        hp, hs = _split_layer_rest(layer, (hp, hs), (qp, qs), k, v)
     return hp, hs
 
 
-def _join(parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """(1, P, H) prefix and (B, S, H) rows → (B, P + S, H)."""
+def _join(parts: tuple[torch.Tensor, torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """Prefix (1 or B, …, P, …) and rows (B, …, S, …) → (B, …, P + S, …), tokens on ``dim``."""
     hp, hs = parts
-    return torch.cat([hp.expand(hs.shape[0], -1, -1), hs], dim=1)
+    return torch.cat([hp.expand(hs.shape[0], *hp.shape[1:]), hs], dim=dim)
 
 
 def _common_prefix(ids: torch.Tensor) -> int:
@@ -199,13 +235,97 @@ def _loss_slots(labels: torch.Tensor, task: Task) -> tuple[torch.Tensor, torch.T
     # valid positions first, in order (stable sort of 0 = valid before 1 = not)
     qpos = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)[:, :width]
     targets = torch.gather(shifted, 1, qpos)  # -100 in the padding slots
-    return qpos, targets
+    # padding slots repeat the first valid position (their loss is ignored) instead of
+    # pointing into the prompt
+    return torch.where(targets == IGNORE_INDEX, qpos[:, :1], qpos), targets
 
 
 def _gather_rows(x: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
     """(B or 1, T, D) at (B, Q) positions → (B, Q, D)."""
     rows = torch.arange(qpos.shape[0], device=qpos.device).unsqueeze(1)
     return x.expand(qpos.shape[0], -1, -1)[rows, qpos]
+
+
+def _hooks_inside(module, hooked: set[int]) -> bool:
+    return any(id(m) in hooked for m in module.modules())
+
+
+def _linear_rows(module, xp: torch.Tensor, xs: torch.Tensor, hooked: set[int]) -> torch.Tensor:
+    """``module`` on the rows ``_join((xp, xs))`` (B, P + S, out), sharing the prefix's work.
+
+    ``module`` is a Linear or a peft LoRA Linear; ``hooked`` holds the ids of the modules whose
+    per-row inputs/outputs the caller captures (the gradient targets). Without one inside,
+    the prefix ``xp`` (1, P, in) runs once; with only a vanilla LoRA ``lora_B`` hooked, the
+    prefix runs once through the base layer and ``lora_A`` and ``lora_B`` runs on every row
+    (one call, so its hook sees every row once; the LoRA scaling is applied to its input,
+    which leaves its per-sample gradient unchanged); anything else runs on the joined rows.
+    """
+    if not _hooks_inside(module, hooked):
+        return _join((module(xp), module(xs)))
+    lora_a = getattr(module, "lora_A", None)
+    active = [n for n in getattr(module, "active_adapters", ()) if lora_a and n in lora_a]
+    if (
+        lora_a is None
+        or module.merged
+        or module.disable_adapters
+        or any(n in module.lora_variant or id(lora_a[n]) in hooked for n in active)
+    ):
+        return module(_join((xp, xs)))
+    y = _join((module.base_layer(xp), module.base_layer(xs)))
+    for name in active:
+        down = [
+            lora_a[name](
+                module.lora_dropout[name](module._cast_input_dtype(x, lora_a[name].weight.dtype))
+            )
+            for x in (xp, xs)
+        ]
+        y = y + module.lora_B[name](_join(tuple(down)) * module.scaling[name])
+    return y
+
+
+def _gather_parts(parts: tuple[torch.Tensor, torch.Tensor], qpos: torch.Tensor) -> torch.Tensor:
+    """:func:`_gather_rows` of ``_join(parts)`` without joining when ``qpos`` is past the prefix."""
+    prefix = parts[0].shape[1]
+    if int(qpos.min()) >= prefix:
+        return _gather_rows(parts[1], qpos - prefix)
+    return _gather_rows(_join(parts), qpos)
+
+
+def _last_layer_parts(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: bool):
+    """:func:`_last_layer` on the prefix-split hidden states of :func:`_shared_prefix_layers`:
+    the norm, keys and values of the shared prefix computed once (values per row only when
+    their LoRA holds a gradient target), and reused by the hidden-states pass.
+
+    Returns
+    -------
+    (out_q, out_all)
+        The layer output at ``qpos`` (B, Q, H) and, if ``with_hidden``, at every position
+        (B, P + S, H) without grad (else None).
+    """
+    attn, (rope_p, rope_s), hd = layer.self_attn, ropes, layer.self_attn.head_dim
+    xp, xs = (layer.input_layernorm(x) for x in parts)
+    if _hooks_inside(attn.k_proj, hooked):
+        rope_all = tuple(_join(tables, dim=2) for tables in zip(rope_p, rope_s))
+        k = _rope(_heads(_linear_rows(attn.k_proj, xp, xs, hooked), hd), rope_all)
+    else:  # the prefix's keys once
+        k = _join(tuple(_rope(_heads(attn.k_proj(x), hd), r) for x, r in zip((xp, xs), ropes)), 2)
+    v = _heads(_linear_rows(attn.v_proj, xp, xs, hooked), hd)
+    rope_q = tuple(
+        _gather_parts((tp.squeeze(1), ts.squeeze(1)), qpos).unsqueeze(1)
+        for tp, ts in zip(rope_p, rope_s)
+    )
+    q = _rope(_heads(attn.q_proj(_gather_parts((xp, xs), qpos)), hd), rope_q)
+    keys = torch.arange(k.shape[2], device=k.device)
+    mask = (keys.view(1, 1, -1) <= qpos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, Q, T)
+    out_q = _gather_parts(parts, qpos) + attn.o_proj(_attend_few(attn, q, k, v, mask))
+    out_all = None
+    if with_hidden:
+        with torch.no_grad():
+            queries = tuple(
+                _rope(_heads(_proj(attn.q_proj, x), hd), r) for x, r in zip((xp, xs), ropes)
+            )
+            out_all = _join(_split_layer_rest(layer, parts, queries, k.detach(), v.detach()))
+    return _mlp_block(layer, out_q), out_all
 
 
 def _last_layer(layer, h, rope, qpos, *, with_hidden: bool):
@@ -270,23 +390,31 @@ def llama_losses(
         if prefix >= MIN_SHARED_PREFIX:
             embed = dec.embed_tokens
             parts = (embed(ids[:1, :prefix]), embed(ids[:, prefix:]))
-            parts = _shared_prefix_layers(dec.layers[:first], dec, *parts)
-            h = _join(parts)
+            ropes = _prefix_ropes(dec, *parts)
+            parts = _shared_prefix_layers(dec.layers[:first], ropes, *parts)
         else:
             h = dec.embed_tokens(ids)
             rope = _rope_tables(*dec.rotary_emb(h, pos))
             for layer in dec.layers[:first]:
                 h = _full_layer(layer, h, rope)
-        rope = _rope_tables(*dec.rotary_emb(h, pos))
-    # the hidden states' last layer can reuse the shared prefix only if nothing ran in between
-    shared_hidden = with_hidden and parts is not None and first == last
+    # the last layer can keep the prefix split only if nothing ran in between
+    split_last = parts is not None and first == last
     with torch.enable_grad():
-        for layer in dec.layers[first:-1]:
-            h = _full_layer(layer, h, rope)
         qpos, targets = _loss_slots(labels, task)
-        out_q, out_all = _last_layer(
-            dec.layers[-1], h, rope, qpos, with_hidden=with_hidden and not shared_hidden
-        )
+        if split_last:
+            modules = dict(model.named_modules())
+            hooked = {id(modules[n.rpartition(".")[0]]) for n in names}
+            out_q, out_all = _last_layer_parts(
+                dec.layers[-1], ropes, parts, qpos, hooked, with_hidden=with_hidden
+            )
+        else:
+            if parts is not None:  # a prefix split, then layers with autograd before the last
+                h = _join(parts)
+                with torch.no_grad():
+                    rope = _rope_tables(*dec.rotary_emb(h, pos))
+            for layer in dec.layers[first:-1]:
+                h = _full_layer(layer, h, rope)
+            out_q, out_all = _last_layer(dec.layers[-1], h, rope, qpos, with_hidden=with_hidden)
         final = dec.norm(out_q)
         if task is Task.CTR:
             two = head(final[:, 0])[:, token_ids.to(final.device)].float()
@@ -295,8 +423,6 @@ def llama_losses(
             losses = token_loss_from_hidden(final, targets, head)
     hidden = None
     with torch.no_grad():
-        if shared_hidden:
-            out_all = _join(_shared_prefix_layers(dec.layers[-1:], dec, *parts))
         if out_all is not None:
             hidden = dec.norm(out_all)
     return losses, hidden

@@ -166,3 +166,43 @@ def test_llama_forward_is_ray_free():
     code = "import sys, goracs_ray.features.llama_forward, goracs_ray.features.grads\n"
     code += "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        ("v_proj.lora_B",),  # the default: prefix through base + lora_A once, lora_B per row
+        ("k_proj.lora_B",),  # keys per row, values' prefix once
+        ("v_proj.lora_A",),  # lora_A needs every row's input: the joined rows
+        ("q_proj.lora_A", "q_proj.lora_B", "k_proj.lora_A", "v_proj.lora_B"),
+    ],
+)
+def test_last_layer_targets_with_shared_prefix(tiny_model_dir, targets):
+    """Any LoRA matrix of the last layer as target, with the prompt prefix shared across the
+    batch: norms equal the loop and the hidden states equal the HF forward's."""
+    model, tok = load_causal_lm(
+        tiny_model_dir,
+        lora=LoraSettings(target_modules=("q_proj", "k_proj", "v_proj")),
+        attn_implementation="sdpa",
+    )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    last = max(int(n.split(".layers.")[1].split(".")[0]) for n, _ in model.named_parameters()
+               if ".layers." in n)  # fmt: skip
+    names = [n for n, _ in model.named_parameters()
+             if f".layers.{last}." in n and any(f".{t}." in n for t in targets)]  # fmt: skip
+    assert len(names) == len(targets)
+    _only_trainable(model, names)
+    batch = _batch(tok, "seqrec", n=5, max_length=256)
+    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    ref = per_sample_grads(model, batch, names, method="loop")
+    hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
+    got = per_sample_grads(model, batch, names, with_hidden=True)
+    assert (ref.norms > 0).all()
+    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
+    real = batch["attention_mask"].bool()
+    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
