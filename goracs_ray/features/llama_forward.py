@@ -12,9 +12,15 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
   states do not depend on what follows);
 * the last layer computes keys and values at every position but queries, attention output, MLP,
   final norm and LM head only at the positions whose logits enter the loss (the answer tokens for
-  SeqRec, the last prompt token for CTR);
+  SeqRec, the last prompt token for CTR); when the targets are all in it, it keeps the prefix
+  split too (its norm, keys and values computed once);
+* for the default target, the last layer's v_proj ``lora_B``, the LoRA term of the values moves
+  after the attention weights (Σ_t p_t · lora_B(a_t) = lora_B(Σ_t p_t · a_t)), so ``lora_B`` and
+  backward see one input per (head, query) instead of one per position;
 * the final hidden states at every position (for LLM embeddings) are computed only on request, by
-  one extra no-grad pass of the last layer (sharing the prefix too when the target is in it).
+  one extra no-grad pass of the last layer reusing its keys and values.
+
+Everything that runs without autograd writes its residual additions in place.
 
 Only plain LLaMA-architecture models on one device are supported (:func:`supports_llama_forward`);
 anything else (another architecture, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
@@ -61,7 +67,7 @@ def supports_llama_forward(model, names: list[str]) -> bool:
 
 def _heads(y: torch.Tensor, head_dim: int) -> torch.Tensor:
     """(B, T, h·hd) → (B, h, T, hd)."""
-    return y.view(*y.shape[:-1], -1, head_dim).transpose(1, 2)
+    return y.view(*y.shape[:-1], y.shape[-1] // head_dim, head_dim).transpose(1, 2)
 
 
 def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,14 +123,13 @@ def _attend(attn, q, k, v, mask) -> torch.Tensor:
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scaling
     )
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
 
 
-def _attend_few(attn, q, k, v, mask) -> torch.Tensor:
-    """:func:`_attend` for a few queries per row, written out (as HF eager attention) so that
-    backward computes only the gradients that are needed (often just the values')."""
+def _few_query_probs(attn, q, k, mask) -> torch.Tensor:
+    """Attention weights (B·h, Q, K) of a few queries ``q`` (B, h, Q, hd) per row over ``k``,
+    written out (as HF eager attention) so that backward computes only what is needed."""
     k = repeat_kv(k, attn.num_key_value_groups)
-    v = repeat_kv(v, attn.num_key_value_groups)
     (rows, heads, n_q, hd), n_k = q.shape, k.shape[2]
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -torch.inf)
     scores = torch.baddbmm(  # bias + scaling · q kᵀ, one (rows·heads)-batched matmul
@@ -133,8 +138,46 @@ def _attend_few(attn, q, k, v, mask) -> torch.Tensor:
         k.reshape(rows * heads, n_k, hd).transpose(1, 2),
         alpha=attn.scaling,
     )
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = torch.bmm(probs, v.reshape(rows * heads, n_k, hd)).view(rows, heads, n_q, hd)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+
+
+def _attend_few(attn, q, k, v, mask) -> torch.Tensor:
+    """:func:`_attend` for a few queries per row (see :func:`_few_query_probs`)."""
+    probs = _few_query_probs(attn, q, k, mask)
+    v = repeat_kv(v, attn.num_key_value_groups)
+    rows, heads, n_q, hd = q.shape
+    out = torch.bmm(probs, v.reshape(rows * heads, -1, hd)).view(rows, heads, n_q, hd)
+    return out.transpose(1, 2).reshape(rows, n_q, -1)
+
+
+def _attend_few_lora_values(attn, q, k, v_base, down, lora_b, mask) -> torch.Tensor:
+    """:func:`_attend_few` with values ``v_base + heads(lora_b(down))``, the LoRA term applied
+    after the attention weights.
+
+    Σ_t p_t · lora_b(down_t) = lora_b(Σ_t p_t · down_t): ``lora_b`` runs on the attention-weighted
+    LoRA inputs of each (head, query), (B, h·Q, r), instead of every position's, (B, T, r), and
+    each head keeps its own block of the output. Its per-sample weight gradient (the hooks'
+    Σ δ ⊗ input) is unchanged, and backward never touches the T positions.
+
+    Parameters
+    ----------
+    q : (B, h, Q, hd)
+    k, v_base : (B, kv_h, T, hd)
+    down : (B, T, r)
+        Scaled LoRA inputs of ``lora_b`` (``scaling · lora_A(x)``) at every position.
+    lora_b : nn.Linear
+        r → kv_h · hd.
+    """
+    probs = _few_query_probs(attn, q, k, mask)  # (B·h, Q, T)
+    groups = attn.num_key_value_groups
+    rows, heads, n_q, hd = q.shape
+    v_base = repeat_kv(v_base, groups)
+    out = torch.bmm(probs, v_base.reshape(rows * heads, -1, hd)).view(rows, heads, n_q, hd)
+    mixed = torch.bmm(probs.view(rows, heads * n_q, -1), down)  # (B, h·Q, r)
+    blocks = lora_b(mixed).view(rows, heads, n_q, heads // groups, hd)
+    head = torch.arange(heads, device=q.device)
+    lora = blocks[:, head, :, head // groups]  # each head's own block → (h, B, Q, hd)
+    out = out + lora.permute(1, 0, 2, 3)
     return out.transpose(1, 2).reshape(rows, n_q, -1)
 
 
@@ -250,37 +293,48 @@ def _hooks_inside(module, hooked: set[int]) -> bool:
     return any(id(m) in hooked for m in module.modules())
 
 
+def _hooked_lora_b(module, hooked: set[int]) -> str | None:
+    """The adapter name if the only hooked module inside ``module`` is the ``lora_B`` of its one
+    active vanilla LoRA adapter (the default target), else None."""
+    lora_a = getattr(module, "lora_A", None)
+    if lora_a is None or module.merged or module.disable_adapters:
+        return None
+    active = [n for n in module.active_adapters if n in lora_a]
+    if len(active) != 1 or active[0] in module.lora_variant:
+        return None
+    inside = {id(m) for m in module.modules()} & hooked
+    return active[0] if inside == {id(module.lora_B[active[0]])} else None
+
+
+def _lora_down(module, name: str, xp: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """``scaling · lora_A(x)`` (B, P + S, r) on the rows ``[xp, xs]``, the prefix once (dropout is
+    the identity in eval mode). The scaling sits on ``lora_B``'s input, which leaves its
+    per-sample gradient (Σ δ ⊗ input, δ taken at its output) unchanged."""
+    lora_a = module.lora_A[name]
+    down = (
+        lora_a(module.lora_dropout[name](module._cast_input_dtype(x, lora_a.weight.dtype)))
+        for x in (xp, xs)
+    )
+    return _join(tuple(down)) * module.scaling[name]
+
+
 def _linear_rows(module, xp: torch.Tensor, xs: torch.Tensor, hooked: set[int]) -> torch.Tensor:
     """``module`` on the rows ``_join((xp, xs))`` (B, P + S, out), sharing the prefix's work.
 
     ``module`` is a Linear or a peft LoRA Linear; ``hooked`` holds the ids of the modules whose
     per-row inputs/outputs the caller captures (the gradient targets). Without one inside,
-    the prefix ``xp`` (1, P, in) runs once; with only a vanilla LoRA ``lora_B`` hooked, the
-    prefix runs once through the base layer and ``lora_A`` and ``lora_B`` runs on every row
-    (one call, so its hook sees every row once; the LoRA scaling is applied to its input,
-    which leaves its per-sample gradient unchanged); anything else runs on the joined rows.
+    the prefix ``xp`` (1, P, in) runs once; with only a LoRA ``lora_B`` hooked
+    (:func:`_hooked_lora_b`), the prefix runs once through the base layer and ``lora_A`` and
+    ``lora_B`` runs on every row (one call: its hook sees every row once); anything else runs
+    on the joined rows.
     """
     if not _hooks_inside(module, hooked):
         return _join((module(xp), module(xs)))
-    lora_a = getattr(module, "lora_A", None)
-    active = [n for n in getattr(module, "active_adapters", ()) if lora_a and n in lora_a]
-    if (
-        lora_a is None
-        or module.merged
-        or module.disable_adapters
-        or any(n in module.lora_variant or id(lora_a[n]) in hooked for n in active)
-    ):
+    name = _hooked_lora_b(module, hooked)
+    if name is None:
         return module(_join((xp, xs)))
-    y = _join((module.base_layer(xp), module.base_layer(xs)))
-    for name in active:
-        down = [
-            lora_a[name](
-                module.lora_dropout[name](module._cast_input_dtype(x, lora_a[name].weight.dtype))
-            )
-            for x in (xp, xs)
-        ]
-        y = y + module.lora_B[name](_join(tuple(down)) * module.scaling[name])
-    return y
+    base = _join((module.base_layer(xp), module.base_layer(xs)))
+    return base + module.lora_B[name](_lora_down(module, name, xp, xs))
 
 
 def _gather_parts(parts: tuple[torch.Tensor, torch.Tensor], qpos: torch.Tensor) -> torch.Tensor:
@@ -291,10 +345,11 @@ def _gather_parts(parts: tuple[torch.Tensor, torch.Tensor], qpos: torch.Tensor) 
     return _gather_rows(_join(parts), qpos)
 
 
-def _last_layer_parts(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: bool):
-    """:func:`_last_layer` on the prefix-split hidden states of :func:`_shared_prefix_layers`:
-    the norm, keys and values of the shared prefix computed once (values per row only when
-    their LoRA holds a gradient target), and reused by the hidden-states pass.
+def _last_layer(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: bool):
+    """The last layer with queries at ``qpos`` only, on prefix-split hidden states (those of
+    :func:`_shared_prefix_layers`, or whole rows with an empty prefix): the norm, keys and values
+    of the shared prefix computed once (values per row only when their LoRA holds a gradient
+    target other than :func:`_hooked_lora_b`'s), and reused by the hidden-states pass.
 
     Returns
     -------
@@ -309,7 +364,6 @@ def _last_layer_parts(layer, ropes, parts, qpos, hooked: set[int], *, with_hidde
         k = _rope(_heads(_linear_rows(attn.k_proj, xp, xs, hooked), hd), rope_all)
     else:  # the prefix's keys once
         k = _join(tuple(_rope(_heads(attn.k_proj(x), hd), r) for x, r in zip((xp, xs), ropes)), 2)
-    v = _heads(_linear_rows(attn.v_proj, xp, xs, hooked), hd)
     rope_q = tuple(
         _gather_parts((tp.squeeze(1), ts.squeeze(1)), qpos).unsqueeze(1)
         for tp, ts in zip(rope_p, rope_s)
@@ -317,35 +371,25 @@ def _last_layer_parts(layer, ropes, parts, qpos, hooked: set[int], *, with_hidde
     q = _rope(_heads(attn.q_proj(_gather_parts((xp, xs), qpos)), hd), rope_q)
     keys = torch.arange(k.shape[2], device=k.device)
     mask = (keys.view(1, 1, -1) <= qpos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, Q, T)
-    out_q = _gather_parts(parts, qpos) + attn.o_proj(_attend_few(attn, q, k, v, mask))
+    lora_v, v_proj = _hooked_lora_b(attn.v_proj, hooked), attn.v_proj
+    if lora_v is None:
+        v = _heads(_linear_rows(v_proj, xp, xs, hooked), hd)
+        attended = _attend_few(attn, q, k, v, mask)
+    else:  # the default target: base values (prefix once) + LoRA after the attention weights
+        v = _join(tuple(_heads(v_proj.base_layer(x), hd) for x in (xp, xs)), dim=2)
+        down = _lora_down(v_proj, lora_v, xp, xs)
+        attended = _attend_few_lora_values(attn, q, k, v, down, v_proj.lora_B[lora_v], mask)
+    out_q = _gather_parts(parts, qpos) + attn.o_proj(attended)
     out_all = None
     if with_hidden:
         with torch.no_grad():
+            if lora_v is not None:
+                v = v + _heads(v_proj.lora_B[lora_v](down), hd)
             queries = tuple(
                 _rope(_heads(_proj(attn.q_proj, x), hd), r) for x, r in zip((xp, xs), ropes)
             )
             out_all = _join(_split_layer_rest(layer, parts, queries, k.detach(), v.detach()))
     return _mlp_block(layer, out_q), out_all
-
-
-def _last_layer(layer, h, rope, qpos, *, with_hidden: bool):
-    """Last layer with queries at ``qpos`` only; plus, if asked, every position without grad."""
-    attn = layer.self_attn
-    x = layer.input_layernorm(h)
-    _, k, v = _qkv(attn, x, rope, with_q=False)
-    rope_q = tuple(_gather_rows(t.squeeze(1), qpos).unsqueeze(1) for t in rope)
-    q = _rope(_heads(attn.q_proj(_gather_rows(x, qpos)), attn.head_dim), rope_q)
-    keys = torch.arange(h.shape[1], device=h.device)
-    mask = (keys.view(1, 1, -1) <= qpos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, Q, T)
-    out_q = _gather_rows(h, qpos) + attn.o_proj(_attend_few(attn, q, k, v, mask))
-    out_q = _mlp_block(layer, out_q)
-    out_all = None
-    if with_hidden:
-        with torch.no_grad():
-            q_all = _rope(_heads(_proj(attn.q_proj, x), attn.head_dim), rope)
-            o_all = _attend(attn, q_all, k.detach(), v.detach(), None)
-            out_all = _mlp_block(layer, h + _proj(attn.o_proj, o_all))
-    return out_q, out_all
 
 
 def llama_losses(
@@ -397,24 +441,23 @@ def llama_losses(
             rope = _rope_tables(*dec.rotary_emb(h, pos))
             for layer in dec.layers[:first]:
                 h = _full_layer(layer, h, rope)
-    # the last layer can keep the prefix split only if nothing ran in between
-    split_last = parts is not None and first == last
     with torch.enable_grad():
-        qpos, targets = _loss_slots(labels, task)
-        if split_last:
-            modules = dict(model.named_modules())
-            hooked = {id(modules[n.rpartition(".")[0]]) for n in names}
-            out_q, out_all = _last_layer_parts(
-                dec.layers[-1], ropes, parts, qpos, hooked, with_hidden=with_hidden
-            )
-        else:
-            if parts is not None:  # a prefix split, then layers with autograd before the last
+        if parts is None or first < last:  # the last layer sees whole rows: an empty prefix
+            if parts is not None:
                 h = _join(parts)
                 with torch.no_grad():
                     rope = _rope_tables(*dec.rotary_emb(h, pos))
             for layer in dec.layers[first:-1]:
                 h = _full_layer(layer, h, rope)
-            out_q, out_all = _last_layer(dec.layers[-1], h, rope, qpos, with_hidden=with_hidden)
+            parts = h[:1, :0], h
+            with torch.no_grad():
+                ropes = _prefix_ropes(dec, *parts)
+        modules = dict(model.named_modules())
+        hooked = {id(modules[n.rpartition(".")[0]]) for n in names}
+        qpos, targets = _loss_slots(labels, task)
+        out_q, out_all = _last_layer(
+            dec.layers[-1], ropes, parts, qpos, hooked, with_hidden=with_hidden
+        )
         final = dec.norm(out_q)
         if task is Task.CTR:
             two = head(final[:, 0])[:, token_ids.to(final.device)].float()

@@ -206,3 +206,29 @@ def test_last_layer_targets_with_shared_prefix(tiny_model_dir, targets):
     np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
     real = batch["attention_mask"].bool()
     np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
+def test_grouped_query_attention(tiny_model_dir, tmp_path, target):
+    """A LLaMA with 2 key/value heads for 4 query heads (as LLaMA-3, Qwen): the LLaMA forward's
+    per-sample norms equal the loop, its hidden states the HF forward's."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_key_value_heads = config.num_attention_heads // 2
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    model, tok = _warm_model(tmp_path, attn="sdpa")
+    names = target_parameter_names(model, target)
+    _only_trainable(model, names)
+    batch = _batch(tok, "seqrec", n=5, max_length=256)
+    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    ref = per_sample_grads(model, batch, names, method="loop")
+    hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
+    got = per_sample_grads(model, batch, names, with_hidden=True)
+    assert (ref.norms > 0).all()
+    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
+    real = batch["attention_mask"].bool()
+    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
