@@ -8,10 +8,11 @@ Four methods give the same numbers (tested to rel. error ≤ 1e-4):
     ``y = x Wᵀ`` the per-sample weight gradient is ``G_i = Σ_t δ_{i,t} x_{i,t}ᵀ`` (METHOD.md §6),
     with ``x`` the layer input captured by a forward hook and ``δ = ∂(Σ loss)/∂y``; samples never
     mix because attention and the loss are per sample. Never builds parameter ``.grad``. On a
-    plain LLaMA model the forward is :func:`goracs_ray.features.llama_forward.llama_losses`,
-    which skips what the gradients do not need (no autograd below the first target layer, the
-    shared prompt prefix computed once, the last layer's queries/MLP/head only at loss
-    positions); on anything else (DeepSpeed ZeRO-3, other architectures) it is ``hooks_hf``.
+    LLaMA-like model (LLaMA, Mistral, Qwen2) the forward is
+    :func:`goracs_ray.features.llama_forward.llama_losses`, which skips what the gradients do
+    not need (no autograd below the first target layer, the shared prompt prefix computed once,
+    the last layer's queries/MLP/head only at loss positions); on anything else (DeepSpeed
+    ZeRO-3, other architectures, a sliding window shorter than the batch) it is ``hooks_hf``.
 ``hooks_hf``
     The same with the model's own HF forward (every position, autograd everywhere); works under
     any engine that runs the module's forward (plain torch, DeepSpeed).
@@ -241,5 +242,6 @@ def per_sample_grads(
         return _grads_vmap(model, batch, names, task, token_ids)
     if method is GradMethod.LOOP:
         return _grads_loop(model, batch, names, task, token_ids)
-    fast = method is GradMethod.HOOKS and supports_llama_forward(model, names)
+    seq_len = batch["input_ids"].shape[1]
+    fast = method is GradMethod.HOOKS and supports_llama_forward(model, names, seq_len)
     return _grads_hooks(model, batch, names, task, token_ids, fast=fast, with_hidden=with_hidden)

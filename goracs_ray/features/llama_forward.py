@@ -22,8 +22,9 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
 
 Everything that runs without autograd writes its residual additions in place.
 
-Only plain LLaMA-architecture models on one device are supported (:func:`supports_llama_forward`);
-anything else (another architecture, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
+LLaMA-architecture models (LLaMA, Mistral, Qwen2; :data:`LLAMA_LIKE`) on one device are supported
+(:func:`supports_llama_forward`); anything else (another architecture, a sliding attention window
+shorter than the batch, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from goracs_ray.models.losses import (
     token_loss_from_hidden,
 )
 
-__all__ = ["llama_losses", "supports_llama_forward"]
+__all__ = ["LLAMA_LIKE", "llama_losses", "supports_llama_forward"]
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
@@ -55,12 +56,30 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def supports_llama_forward(model, names: list[str]) -> bool:
-    """True if ``model`` is a LLaMA causal LM on plain torch and every target is in a layer."""
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2"})
+"""``model_type`` values with LLaMA's decoder layer (Mistral: the same; Qwen2: q/k/v biases)."""
+
+
+def _attention_window(base) -> int | None:
+    """The smallest sliding attention window of any layer (None: full causal attention)."""
+    if base.config.model_type == "mistral":  # Mistral's window applies to every layer
+        return getattr(base.config, "sliding_window", None)
+    layers = base.get_decoder().layers
+    windows = [w for w in (getattr(x.self_attn, "sliding_window", None) for x in layers) if w]
+    return min(windows, default=None)
+
+
+def supports_llama_forward(model, names: list[str], seq_len: int | None = None) -> bool:
+    """True if this forward computes ``model`` exactly: a causal LM of a :data:`LLAMA_LIKE` type
+    on plain torch (not ZeRO-3 partitioned), every target in a decoder layer, and no sliding
+    attention window shorter than ``seq_len`` (any window when ``seq_len`` is None)."""
     base = _base(model)
-    if getattr(getattr(base, "config", None), "model_type", None) != "llama":
+    if getattr(getattr(base, "config", None), "model_type", None) not in LLAMA_LIKE:
         return False
     if any(hasattr(p, "ds_id") for p in base.parameters()):  # DeepSpeed ZeRO-3 partitioned
+        return False
+    window = _attention_window(base)
+    if window is not None and (seq_len is None or seq_len > window):
         return False
     return all(_LAYER_RE.search(n) for n in names)
 

@@ -208,22 +208,47 @@ def test_last_layer_targets_with_shared_prefix(tiny_model_dir, targets):
     np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
-def test_grouped_query_attention(tiny_model_dir, tmp_path, target):
-    """A LLaMA with 2 key/value heads for 4 query heads (as LLaMA-3, Qwen): the LLaMA forward's
-    per-sample norms equal the loop, its hidden states the HF forward's."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+def _model_of_type(tiny_model_dir, out, model_type: str, **overrides):
+    """The tiny model's sizes and tokenizer in another architecture, random weights (biases too)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.num_key_value_heads = config.num_attention_heads // 2
+    llama = AutoConfig.from_pretrained(tiny_model_dir)
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+             "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
+    config = AutoConfig.for_model(model_type, **{k: getattr(llama, k) for k in sizes} | overrides)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
-    model, tok = _warm_model(tmp_path, attn="sdpa")
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("model_type", "overrides", "target", "fast"),
+    [
+        ("llama", {"num_key_value_heads": 2}, "last_v_lora_b", True),  # grouped-query attention
+        ("llama", {"num_key_value_heads": 2}, "all_lora", True),
+        ("qwen2", {"num_key_value_heads": 2}, "last_v_lora_b", True),  # q/k/v biases
+        ("mistral", {"sliding_window": None}, "last_v_lora_b", True),
+        ("mistral", {"sliding_window": 16}, "last_v_lora_b", False),  # window < batch: HF forward
+    ],
+)
+def test_llama_like_architectures(tiny_model_dir, tmp_path, model_type, overrides, target, fast):
+    """LLaMA-like models (grouped-query attention as LLaMA-3, Qwen2's biases, Mistral's window):
+    per-sample norms equal the loop and hidden states the HF forward's; the LLaMA forward is
+    used exactly when it is exact."""
+    path = _model_of_type(tiny_model_dir, tmp_path, model_type, **overrides)
+    model, tok = _warm_model(path, attn="sdpa")
     names = target_parameter_names(model, target)
     _only_trainable(model, names)
     batch = _batch(tok, "seqrec", n=5, max_length=256)
     assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    assert supports_llama_forward(model, names, batch["input_ids"].shape[1]) is fast
     ref = per_sample_grads(model, batch, names, method="loop")
     hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
     got = per_sample_grads(model, batch, names, with_hidden=True)
