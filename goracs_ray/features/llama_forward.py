@@ -22,9 +22,9 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
 
 Everything that runs without autograd writes its residual additions in place.
 
-LLaMA-architecture models (LLaMA, Mistral, Qwen2; :data:`LLAMA_LIKE`) on one device are supported
-(:func:`supports_llama_forward`); anything else (another architecture, a sliding attention window
-shorter than the batch, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
+LLaMA-architecture models (LLaMA, Mistral, Qwen2, Qwen3; :data:`LLAMA_LIKE`) on one device are
+supported (:func:`supports_llama_forward`); anything else (another architecture, a sliding attention
+window shorter than the batch, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2"})
-"""``model_type`` values with LLaMA's decoder layer (Mistral: the same; Qwen2: q/k/v biases)."""
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+"""``model_type`` values with LLaMA's decoder layer (Mistral: the same; Qwen2: q/k/v biases;
+Qwen3: per-head RMSNorm of queries and keys)."""
 
 
 def _attention_window(base) -> int | None:
@@ -87,6 +88,14 @@ def supports_llama_forward(model, names: list[str], seq_len: int | None = None) 
 def _heads(y: torch.Tensor, head_dim: int) -> torch.Tensor:
     """(B, T, h·hd) → (B, h, T, hd)."""
     return y.view(*y.shape[:-1], y.shape[-1] // head_dim, head_dim).transpose(1, 2)
+
+
+def _rotary_heads(attn, y: torch.Tensor, rope, norm: str) -> torch.Tensor:
+    """Query or key heads (B, h, T, hd) of the projection ``y`` (B, T, h·hd), rotated; through the
+    attention's per-head RMSNorm first when it has one (Qwen3's ``q_norm`` / ``k_norm``)."""
+    heads = _heads(y, attn.head_dim)
+    norm_module = getattr(attn, norm, None)
+    return _rope(heads if norm_module is None else norm_module(heads), rope)
 
 
 def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +135,9 @@ def _proj(module, x: torch.Tensor) -> torch.Tensor:
 
 def _qkv(attn, x, rope, *, with_q: bool = True):
     hd = attn.head_dim
-    k = _rope(_heads(_proj(attn.k_proj, x), hd), rope)
+    k = _rotary_heads(attn, _proj(attn.k_proj, x), rope, "k_norm")
     v = _heads(_proj(attn.v_proj, x), hd)
-    q = _rope(_heads(_proj(attn.q_proj, x), hd), rope) if with_q else None
+    q = _rotary_heads(attn, _proj(attn.q_proj, x), rope, "q_norm") if with_q else None
     return q, k, v
 
 
@@ -380,14 +389,15 @@ def _last_layer(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: boo
     xp, xs = (layer.input_layernorm(x) for x in parts)
     if _hooks_inside(attn.k_proj, hooked):
         rope_all = tuple(_join(tables, dim=2) for tables in zip(rope_p, rope_s))
-        k = _rope(_heads(_linear_rows(attn.k_proj, xp, xs, hooked), hd), rope_all)
+        k = _rotary_heads(attn, _linear_rows(attn.k_proj, xp, xs, hooked), rope_all, "k_norm")
     else:  # the prefix's keys once
-        k = _join(tuple(_rope(_heads(attn.k_proj(x), hd), r) for x, r in zip((xp, xs), ropes)), 2)
+        k = (_rotary_heads(attn, attn.k_proj(x), r, "k_norm") for x, r in zip((xp, xs), ropes))
+        k = _join(tuple(k), dim=2)
     rope_q = tuple(
         _gather_parts((tp.squeeze(1), ts.squeeze(1)), qpos).unsqueeze(1)
         for tp, ts in zip(rope_p, rope_s)
     )
-    q = _rope(_heads(attn.q_proj(_gather_parts((xp, xs), qpos)), hd), rope_q)
+    q = _rotary_heads(attn, attn.q_proj(_gather_parts((xp, xs), qpos)), rope_q, "q_norm")
     keys = torch.arange(k.shape[2], device=k.device)
     mask = (keys.view(1, 1, -1) <= qpos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, Q, T)
     lora_v, v_proj = _hooked_lora_b(attn.v_proj, hooked), attn.v_proj
@@ -405,7 +415,8 @@ def _last_layer(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: boo
             if lora_v is not None:
                 v = v + _heads(v_proj.lora_B[lora_v](down), hd)
             queries = tuple(
-                _rope(_heads(_proj(attn.q_proj, x), hd), r) for x, r in zip((xp, xs), ropes)
+                _rotary_heads(attn, _proj(attn.q_proj, x), r, "q_norm")
+                for x, r in zip((xp, xs), ropes)
             )
             out_all = _join(_split_layer_rest(layer, parts, queries, k.detach(), v.detach()))
     return _mlp_block(layer, out_q), out_all

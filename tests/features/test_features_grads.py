@@ -221,8 +221,8 @@ def _model_of_type(tiny_model_dir, out, model_type: str, **overrides):
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0.0, 0.2)
+            if name.endswith(".bias") or name.endswith("_norm.weight"):  # not 0 / 1
+                p.add_(torch.randn_like(p), alpha=0.2)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
     return out
@@ -234,12 +234,15 @@ def _model_of_type(tiny_model_dir, out, model_type: str, **overrides):
         ("llama", {"num_key_value_heads": 2}, "last_v_lora_b", True),  # grouped-query attention
         ("llama", {"num_key_value_heads": 2}, "all_lora", True),
         ("qwen2", {"num_key_value_heads": 2}, "last_v_lora_b", True),  # q/k/v biases
+        ("qwen3", {"head_dim": 8}, "last_v_lora_b", True),  # per-head q/k RMSNorm
+        ("qwen3", {"head_dim": 8}, "all_lora", True),
         ("mistral", {"sliding_window": None}, "last_v_lora_b", True),
         ("mistral", {"sliding_window": 16}, "last_v_lora_b", False),  # window < batch: HF forward
     ],
 )
 def test_llama_like_architectures(tiny_model_dir, tmp_path, model_type, overrides, target, fast):
-    """LLaMA-like models (grouped-query attention as LLaMA-3, Qwen2's biases, Mistral's window):
+    """LLaMA-like models (grouped-query attention as LLaMA-3, Qwen2's biases, Qwen3's q/k norms,
+    Mistral's window):
     per-sample norms equal the loop and hidden states the HF forward's; the LLaMA forward is
     used exactly when it is exact."""
     path = _model_of_type(tiny_model_dir, tmp_path, model_type, **overrides)
