@@ -168,6 +168,22 @@ def test_llama_forward_is_ray_free():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def _check_shared_prefix_batch(model, tok, names):
+    """On 5 rows sharing their prompt prefix: `hooks` norms and gradients equal the per-sample
+    loop's, its hidden states the HF forward's. Returns the batch."""
+    batch = _batch(tok, "seqrec", n=5, max_length=256)
+    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    ref = per_sample_grads(model, batch, names, method="loop")
+    hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
+    got = per_sample_grads(model, batch, names, with_hidden=True)
+    assert (ref.norms > 0).all()
+    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
+    real = batch["attention_mask"].bool()
+    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
+    return batch
+
+
 @pytest.mark.parametrize(
     "targets",
     [
@@ -196,16 +212,7 @@ def test_last_layer_targets_with_shared_prefix(tiny_model_dir, targets):
              if f".layers.{last}." in n and any(f".{t}." in n for t in targets)]  # fmt: skip
     assert len(names) == len(targets)
     _only_trainable(model, names)
-    batch = _batch(tok, "seqrec", n=5, max_length=256)
-    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
-    ref = per_sample_grads(model, batch, names, method="loop")
-    hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
-    got = per_sample_grads(model, batch, names, with_hidden=True)
-    assert (ref.norms > 0).all()
-    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
-    np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
-    real = batch["attention_mask"].bool()
-    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
+    _check_shared_prefix_batch(model, tok, names)
 
 
 def _model_of_type(tiny_model_dir, out, model_type: str, **overrides):
@@ -242,21 +249,11 @@ def _model_of_type(tiny_model_dir, out, model_type: str, **overrides):
 )
 def test_llama_like_architectures(tiny_model_dir, tmp_path, model_type, overrides, target, fast):
     """LLaMA-like models (grouped-query attention as LLaMA-3, Qwen2's biases, Qwen3's q/k norms,
-    Mistral's window):
-    per-sample norms equal the loop and hidden states the HF forward's; the LLaMA forward is
-    used exactly when it is exact."""
+    Mistral's window): per-sample norms equal the loop and hidden states the HF forward's; the
+    LLaMA forward is used exactly when it is exact."""
     path = _model_of_type(tiny_model_dir, tmp_path, model_type, **overrides)
     model, tok = _warm_model(path, attn="sdpa")
     names = target_parameter_names(model, target)
     _only_trainable(model, names)
-    batch = _batch(tok, "seqrec", n=5, max_length=256)
-    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    batch = _check_shared_prefix_batch(model, tok, names)
     assert supports_llama_forward(model, names, batch["input_ids"].shape[1]) is fast
-    ref = per_sample_grads(model, batch, names, method="loop")
-    hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
-    got = per_sample_grads(model, batch, names, with_hidden=True)
-    assert (ref.norms > 0).all()
-    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
-    np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
-    real = batch["attention_mask"].bool()
-    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
