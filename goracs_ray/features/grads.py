@@ -131,7 +131,7 @@ def _grads_hooks(model, batch, names, task, token_ids, *, fast: bool, with_hidde
         with torch.enable_grad():
             if fast:
                 losses, hidden = llama_losses(
-                    model, batch, names, task, token_ids, with_hidden=with_hidden
+                    model, batch, names, task, token_ids, owners, with_hidden=with_hidden
                 )
             else:
                 hidden, losses = _hidden_loss(model, batch, task, token_ids)

@@ -133,11 +133,10 @@ def _proj(module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight, module.base_layer.bias)
 
 
-def _qkv(attn, x, rope, *, with_q: bool = True):
-    hd = attn.head_dim
+def _qkv(attn, x, rope):
     k = _rotary_heads(attn, _proj(attn.k_proj, x), rope, "k_norm")
-    v = _heads(_proj(attn.v_proj, x), hd)
-    q = _rotary_heads(attn, _proj(attn.q_proj, x), rope, "q_norm") if with_q else None
+    v = _heads(_proj(attn.v_proj, x), attn.head_dim)
+    q = _rotary_heads(attn, _proj(attn.q_proj, x), rope, "q_norm")
     return q, k, v
 
 
@@ -428,6 +427,7 @@ def llama_losses(
     names: list[str],
     task: Task,
     token_ids: torch.Tensor | None,
+    owners: list[torch.nn.Module],
     *,
     with_hidden: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -444,6 +444,9 @@ def llama_losses(
     task : Task
     token_ids : (2,) int64 or None
         ("No", "Yes") ids for CTR.
+    owners : list of nn.Module
+        The modules holding the targets, whose inputs/outputs the caller hooks (their prefix
+        work is shared only where their per-row hooks allow it).
     with_hidden : bool
         Also return the final-norm hidden states (B, T, H) of every position (no grad).
 
@@ -482,8 +485,7 @@ def llama_losses(
             parts = h[:1, :0], h
             with torch.no_grad():
                 ropes = _prefix_ropes(dec, *parts)
-        modules = dict(model.named_modules())
-        hooked = {id(modules[n.rpartition(".")[0]]) for n in names}
+        hooked = {id(m) for m in owners}
         qpos, targets = _loss_slots(labels, task)
         out_q, out_all = _last_layer(
             dec.layers[-1], ropes, parts, qpos, hooked, with_hidden=with_hidden
