@@ -18,9 +18,15 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
   after the attention weights (Σ_t p_t · lora_B(a_t) = lora_B(Σ_t p_t · a_t)), so ``lora_B`` and
   backward see one input per (head, query) instead of one per position;
 * the final hidden states at every position (for LLM embeddings) are computed only on request, by
-  one extra no-grad pass of the last layer reusing its keys and values.
+  one extra no-grad pass of the last layer reusing its keys and values;
+* queries and keys keep each head's rotary pairs (i, i + hd/2) side by side
+  (:func:`_pair_order`, taken from the projection's weight rows), so the rotary embedding is one
+  complex multiplication; the common permutation leaves every attention score unchanged;
+* on CPU, causal attention runs in chunks of at most :data:`CPU_QUERY_BLOCK` queries, each over
+  the keys it can see (torch's CPU kernel scores every key of a 32-query block).
 
-Everything that runs without autograd writes its residual additions in place.
+Everything that runs without autograd merges the LoRA adapters into one matmul per projection,
+normalises in fewer passes and writes its residual additions in place.
 
 LLaMA-architecture models (LLaMA, Mistral, Qwen2, Qwen3; :data:`LLAMA_LIKE`) on one device are
 supported (:func:`supports_llama_forward`); anything else (another architecture, a sliding attention
@@ -29,6 +35,7 @@ window shorter than the batch, DeepSpeed ZeRO-3 partitioned weights) uses the HF
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -77,7 +84,7 @@ def supports_llama_forward(model, names: list[str], seq_len: int | None = None) 
     base = _base(model)
     if getattr(getattr(base, "config", None), "model_type", None) not in LLAMA_LIKE:
         return False
-    if any(hasattr(p, "ds_id") for p in base.parameters()):  # DeepSpeed ZeRO-3 partitioned
+    if hasattr(next(base.parameters()), "ds_id"):  # DeepSpeed ZeRO-3 partitions every parameter
         return False
     window = _attention_window(base)
     if window is not None and (seq_len is None or seq_len > window):
@@ -90,53 +97,103 @@ def _heads(y: torch.Tensor, head_dim: int) -> torch.Tensor:
     return y.view(*y.shape[:-1], y.shape[-1] // head_dim, head_dim).transpose(1, 2)
 
 
-def _rotary_heads(attn, y: torch.Tensor, rope, norm: str) -> torch.Tensor:
-    """Query or key heads (B, h, T, hd) of the projection ``y`` (B, T, h·hd), rotated; through the
-    attention's per-head RMSNorm first when it has one (Qwen3's ``q_norm`` / ``k_norm``)."""
-    heads = _heads(y, attn.head_dim)
-    norm_module = getattr(attn, norm, None)
-    return _rope(heads if norm_module is None else norm_module(heads), rope)
+@functools.lru_cache(maxsize=32)
+def _pair_order(features: int, head_dim: int, device: torch.device) -> torch.Tensor:
+    """(features,) int64 order of a query/key projection's outputs that puts every head's rotary
+    pairs side by side: ``[0, hd/2, 1, hd/2 + 1, …]`` within each head.
 
-
-def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """HF ``cos``/``sin`` (B or 1, T, hd) → (B or 1, 1, T, hd) tables for :func:`_rope`.
-
-    HF rotates with ``x·cos + rotate_half(x)·sin``, ``rotate_half(x) = [-x₂, x₁]``; that equals
-    ``roll(x, hd/2)·[-sin₁, sin₂]``, one roll instead of a slice, negation and concatenation.
+    HF rotates feature i of a head together with feature i + hd/2; side by side, each pair is one
+    complex number and the rotation one complex multiplication (:func:`_rope`). Queries and keys
+    are both kept in this order, which leaves every attention score q·k unchanged.
     """
-    half = sin.shape[-1] // 2
-    signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return cos.unsqueeze(1), signed.unsqueeze(1)
+    half = head_dim // 2
+    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).reshape(-1)
+    return (torch.arange(0, features, head_dim).unsqueeze(1) + within).reshape(-1).to(device)
 
 
-def _rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotary embedding of ``x`` (B, h, T, hd) with tables from :func:`_rope_tables`."""
-    cos, signed_sin = rope
-    return (x * cos).addcmul_(x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+def _rotary_heads(attn, y: torch.Tensor, rope: torch.Tensor, norm: str) -> torch.Tensor:
+    """Rotated query or key heads (B, h, T, hd) of a projection ``y`` (B, T, h·hd) whose features
+    are in :func:`_pair_order`; through the attention's per-head RMSNorm first when it has one
+    (Qwen3's ``q_norm`` / ``k_norm``, its weight taken in the same order)."""
+    hd = attn.head_dim
+    heads = y.view(*y.shape[:-1], y.shape[-1] // hd, hd)
+    norm_module = getattr(attn, norm, None)
+    if norm_module is not None:
+        weight = norm_module.weight[_pair_order(hd, hd, y.device)]
+        eps = norm_module.variance_epsilon
+        heads = F.rms_norm(heads.float(), (hd,), eps=eps).to(heads.dtype) * weight
+    return _rope(heads, rope).transpose(1, 2)
 
 
-def _proj(module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``; without grad, a peft LoRA Linear runs as one matmul with merged adapters."""
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` of a LLaMA-style RMSNorm (weight · x / √(mean x² + eps), in float32 or wider),
+    in three passes over ``x`` and one new tensor where no gradient flows through it."""
+    if torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad):
+        return norm(x)
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    mean_square = torch.linalg.vector_norm(wide, dim=-1, keepdim=True).square_() / x.shape[-1]
+    normed = (wide * mean_square.add_(norm.variance_epsilon).rsqrt_()).to(x.dtype)
+    return normed.mul_(norm.weight) if norm.weight.dtype == x.dtype else norm.weight * normed
+
+
+def _rope_table(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF ``cos``/``sin`` (B or 1, T, hd) → complex table (B or 1, T, 1, hd/2) for :func:`_rope`.
+
+    HF rotates ``x·cos + rotate_half(x)·sin`` with equal halves of ``cos``/``sin``: pair
+    (x_i, x_{i+hd/2}) turns into (x_i + i·x_{i+hd/2}) · (cos_i + i·sin_i).
+    """
+    half = cos.shape[-1] // 2
+    return torch.complex(cos[..., :half].float(), sin[..., :half].float()).unsqueeze(2)
+
+
+def _rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of heads ``x`` (B, T, h, hd) in :func:`_pair_order`, with the table of
+    :func:`_rope_table`: one complex multiplication (in float32 for half-precision ``x``)."""
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    pairs = torch.view_as_complex(wide.unflatten(-1, (x.shape[-1] // 2, 2)))
+    # the table spelled out over the heads: one long contiguous inner loop (2× faster than
+    # broadcasting hd/2 numbers at a time)
+    table = table.expand(-1, -1, x.shape[2], -1).contiguous()
+    return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
+
+
+def _proj(module, x: torch.Tensor, head_dim: int | None = None) -> torch.Tensor:
+    """``module(x)`` (…, out), its features in :func:`_pair_order` when ``head_dim`` is given.
+
+    Where no gradient reaches ``module``'s parameters (autograd off, or none of them trains) a
+    Linear or a peft LoRA Linear runs as one matmul, adapters merged and rows in pair order.
+    """
     lora_a = getattr(module, "lora_A", None)
-    if (
-        torch.is_grad_enabled()
-        or lora_a is None
-        or module.merged
-        or module.disable_adapters
-        or module.lora_variant
+    linear = module if lora_a is None else module.base_layer
+    adapters = [] if lora_a is None else [n for n in module.active_adapters if n in lora_a]
+    linears = [linear, *(m[n] for n in adapters for m in (lora_a, module.lora_B))]
+    trains = torch.is_grad_enabled() and any(
+        p is not None and p.requires_grad for m in linears for p in (m.weight, m.bias)
+    )
+    if trains or (
+        lora_a is not None and (module.merged or module.disable_adapters or module.lora_variant)
     ):
-        return module(x)
-    weight = module.base_layer.weight
-    for name in module.active_adapters:
-        if name in lora_a:
-            weight = weight + module.get_delta_weight(name)
-    return F.linear(x, weight, module.base_layer.bias)
+        y = module(x)
+        return (
+            y
+            if head_dim is None
+            else y.index_select(-1, _pair_order(y.shape[-1], head_dim, y.device))
+        )
+    weight, bias = linear.weight, linear.bias
+    for name in adapters:
+        weight = weight + module.get_delta_weight(name)
+    if head_dim is not None:
+        order = _pair_order(weight.shape[0], head_dim, weight.device)
+        weight, bias = weight[order], None if bias is None else bias[order]
+    return F.linear(x, weight, bias)
 
 
 def _qkv(attn, x, rope):
-    k = _rotary_heads(attn, _proj(attn.k_proj, x), rope, "k_norm")
-    v = _heads(_proj(attn.v_proj, x), attn.head_dim)
-    q = _rotary_heads(attn, _proj(attn.q_proj, x), rope, "q_norm")
+    """Queries and keys (B, h, T, hd) in :func:`_pair_order`, values (B, kv_h, T, hd)."""
+    hd = attn.head_dim
+    k = _rotary_heads(attn, _proj(attn.k_proj, x, hd), rope, "k_norm")
+    v = _heads(_proj(attn.v_proj, x), hd)
+    q = _rotary_heads(attn, _proj(attn.q_proj, x, hd), rope, "q_norm")
     return q, k, v
 
 
@@ -153,19 +210,45 @@ def _attend(attn, q, k, v, mask) -> torch.Tensor:
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
 
 
+CPU_QUERY_BLOCK = 32
+"""Queries per block of torch's CPU flash attention kernel at fewer than 192 queries. It scores
+every key for each block, so :func:`_attend_causal` runs CPU attention in chunks of at most this
+many queries, each stopping at its last key (−15 % attention time at 80–100 own tokens after a
+74-token prefix; measured in docs/features.md)."""
+
+
+def _attend_causal(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of the last Q positions → (B, Q, h·hd).
+
+    ``q`` (B, h, Q, hd) are the queries of positions K - Q … K - 1 and ``k``/``v``
+    (B or 1, kv_h, K, hd) the keys/values of positions 0 … K - 1: query i sees keys
+    0 … K - Q + i. On CPU in chunks of at most :data:`CPU_QUERY_BLOCK` queries.
+    """
+    n_q, first = q.shape[2], k.shape[2] - q.shape[2]
+    chunks = max(1, -(-n_q // CPU_QUERY_BLOCK)) if q.device.type == "cpu" else 1
+    bounds = [n_q * i // chunks for i in range(chunks + 1)]
+    outs = [
+        _attend(
+            attn,
+            q[:, :, start:stop],
+            k[:, :, : first + stop],
+            v[:, :, : first + stop],
+            _prefix_mask(first + start, stop - start, q.device) if first + start else None,
+        )
+        for start, stop in zip(bounds, bounds[1:], strict=False)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
 def _few_query_probs(attn, q, k, mask) -> torch.Tensor:
     """Attention weights (B·h, Q, K) of a few queries ``q`` (B, h, Q, hd) per row over ``k``,
     written out (as HF eager attention) so that backward computes only what is needed."""
     k = repeat_kv(k, attn.num_key_value_groups)
-    (rows, heads, n_q, hd), n_k = q.shape, k.shape[2]
+    rows, heads, n_q, _ = q.shape
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -torch.inf)
-    scores = torch.baddbmm(  # bias + scaling · q kᵀ, one (rows·heads)-batched matmul
-        bias.expand(rows, heads, n_q, n_k).reshape(rows * heads, n_q, n_k),
-        q.reshape(rows * heads, n_q, hd),
-        k.reshape(rows * heads, n_k, hd).transpose(1, 2),
-        alpha=attn.scaling,
-    )
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    scores = torch.matmul(q * attn.scaling, k.transpose(2, 3)).add_(bias)  # bias over heads
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return probs.view(rows * heads, n_q, -1)
 
 
 def _attend_few(attn, q, k, v, mask) -> torch.Tensor:
@@ -214,7 +297,7 @@ def _residual(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_block(layer, h: torch.Tensor) -> torch.Tensor:
-    mlp, x = layer.mlp, layer.post_attention_layernorm(h)
+    mlp, x = layer.mlp, _rms_norm(layer.post_attention_layernorm, h)
     gate, up = mlp.act_fn(_proj(mlp.gate_proj, x)), _proj(mlp.up_proj, x)
     gate = gate * up if torch.is_grad_enabled() else gate.mul_(up)
     return _residual(h, _proj(mlp.down_proj, gate))
@@ -223,16 +306,17 @@ def _mlp_block(layer, h: torch.Tensor) -> torch.Tensor:
 def _full_layer(layer, h, rope) -> torch.Tensor:
     """One decoder layer on every position of right-padded rows (causal, no mask needed)."""
     attn = layer.self_attn
-    q, k, v = _qkv(attn, layer.input_layernorm(h), rope)
-    return _mlp_block(layer, _residual(h, _proj(attn.o_proj, _attend(attn, q, k, v, None))))
+    q, k, v = _qkv(attn, _rms_norm(layer.input_layernorm, h), rope)
+    return _mlp_block(layer, _residual(h, _proj(attn.o_proj, _attend_causal(attn, q, k, v))))
 
 
 def _prefix_ropes(dec, hp: torch.Tensor, hs: torch.Tensor):
-    """Rotary tables of the prefix (positions 0 … P - 1) and of the rows' own tokens."""
+    """Rotary tables (:func:`_rope_table`) of the prefix (positions 0 … P - 1) and of the rows'
+    own tokens."""
     prefix, width = hp.shape[1], hp.shape[1] + hs.shape[1]
     pos = torch.arange(width, device=hs.device).unsqueeze(0)
-    rope_p = _rope_tables(*dec.rotary_emb(hp, pos[:, :prefix]))
-    return rope_p, _rope_tables(*dec.rotary_emb(hs, pos[:, prefix:]))
+    rope_p = _rope_table(*dec.rotary_emb(hp, pos[:, :prefix]))
+    return rope_p, _rope_table(*dec.rotary_emb(hs, pos[:, prefix:]))
 
 
 def _prefix_mask(prefix: int, own: int, device) -> torch.Tensor:
@@ -249,10 +333,9 @@ def _split_layer_rest(layer, parts, queries, k, v) -> tuple[torch.Tensor, torch.
     """
     (hp, hs), (qp, qs), attn = parts, queries, layer.self_attn
     prefix = hp.shape[1]
-    mask = _prefix_mask(prefix, hs.shape[1], hs.device)
     kp, vp = k[:1, :, :prefix], v[:1, :, :prefix]
-    hp = _mlp_block(layer, _residual(hp, _proj(attn.o_proj, _attend(attn, qp, kp, vp, None))))
-    hs = _mlp_block(layer, _residual(hs, _proj(attn.o_proj, _attend(attn, qs, k, v, mask))))
+    hp = _mlp_block(layer, _residual(hp, _proj(attn.o_proj, _attend_causal(attn, qp, kp, vp))))
+    hs = _mlp_block(layer, _residual(hs, _proj(attn.o_proj, _attend_causal(attn, qs, k, v))))
     return hp, hs
 
 
@@ -275,8 +358,8 @@ def _shared_prefix_layers(layers, ropes, hp, hs):
     """
     for layer in layers:
         attn = layer.self_attn
-        qp, kp, vp = _qkv(attn, layer.input_layernorm(hp), ropes[0])
-        qs, ks, vs = _qkv(attn, layer.input_layernorm(hs), ropes[1])
+        qp, kp, vp = _qkv(attn, _rms_norm(layer.input_layernorm, hp), ropes[0])
+        qs, ks, vs = _qkv(attn, _rms_norm(layer.input_layernorm, hs), ropes[1])
         k, v = _join((kp, ks), dim=2), _join((vp, vs), dim=2)
         hp, hs = _split_layer_rest(layer, (hp, hs), (qp, qs), k, v)
     return hp, hs
@@ -384,19 +467,21 @@ def _last_layer(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: boo
         The layer output at ``qpos`` (B, Q, H) and, if ``with_hidden``, at every position
         (B, P + S, H) without grad (else None).
     """
-    attn, (rope_p, rope_s), hd = layer.self_attn, ropes, layer.self_attn.head_dim
-    xp, xs = (layer.input_layernorm(x) for x in parts)
+    attn, hd = layer.self_attn, layer.self_attn.head_dim
+    xp, xs = (_rms_norm(layer.input_layernorm, x) for x in parts)
     if _hooks_inside(attn.k_proj, hooked):
-        rope_all = tuple(_join(tables, dim=2) for tables in zip(rope_p, rope_s))
-        k = _rotary_heads(attn, _linear_rows(attn.k_proj, xp, xs, hooked), rope_all, "k_norm")
+        k = _linear_rows(attn.k_proj, xp, xs, hooked)
+        k = k.index_select(-1, _pair_order(k.shape[-1], hd, k.device))
+        k = _rotary_heads(attn, k, _join(ropes), "k_norm")
     else:  # the prefix's keys once
-        k = (_rotary_heads(attn, attn.k_proj(x), r, "k_norm") for x, r in zip((xp, xs), ropes))
+        k = (
+            _rotary_heads(attn, _proj(attn.k_proj, x, hd), r, "k_norm")
+            for x, r in zip((xp, xs), ropes)
+        )
         k = _join(tuple(k), dim=2)
-    rope_q = tuple(
-        _gather_parts((tp.squeeze(1), ts.squeeze(1)), qpos).unsqueeze(1)
-        for tp, ts in zip(rope_p, rope_s)
-    )
-    q = _rotary_heads(attn, attn.q_proj(_gather_parts((xp, xs), qpos)), rope_q, "q_norm")
+    rope_q = _gather_parts(tuple(r.squeeze(2) for r in ropes), qpos).unsqueeze(2)
+    q = _proj(attn.q_proj, _gather_parts((xp, xs), qpos), hd)
+    q = _rotary_heads(attn, q, rope_q, "q_norm")
     keys = torch.arange(k.shape[2], device=k.device)
     mask = (keys.view(1, 1, -1) <= qpos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, Q, T)
     lora_v, v_proj = _hooked_lora_b(attn.v_proj, hooked), attn.v_proj
@@ -414,7 +499,7 @@ def _last_layer(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: boo
             if lora_v is not None:
                 v = v + _heads(v_proj.lora_B[lora_v](down), hd)
             queries = tuple(
-                _rotary_heads(attn, _proj(attn.q_proj, x), r, "q_norm")
+                _rotary_heads(attn, _proj(attn.q_proj, x, hd), r, "q_norm")
                 for x, r in zip((xp, xs), ropes)
             )
             out_all = _join(_split_layer_rest(layer, parts, queries, k.detach(), v.detach()))
@@ -471,7 +556,7 @@ def llama_losses(
             parts = _shared_prefix_layers(dec.layers[:first], ropes, *parts)
         else:
             h = dec.embed_tokens(ids)
-            rope = _rope_tables(*dec.rotary_emb(h, pos))
+            rope = _rope_table(*dec.rotary_emb(h, pos))
             for layer in dec.layers[:first]:
                 h = _full_layer(layer, h, rope)
     with torch.enable_grad():
@@ -479,7 +564,7 @@ def llama_losses(
             if parts is not None:
                 h = _join(parts)
                 with torch.no_grad():
-                    rope = _rope_tables(*dec.rotary_emb(h, pos))
+                    rope = _rope_table(*dec.rotary_emb(h, pos))
             for layer in dec.layers[first:-1]:
                 h = _full_layer(layer, h, rope)
             parts = h[:1, :0], h
