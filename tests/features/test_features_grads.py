@@ -228,7 +228,7 @@ def _model_of_type(tiny_model_dir, out, model_type: str, **overrides):
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(".bias") or name.endswith("_norm.weight"):  # not 0 / 1
+            if name.endswith((".bias", "norm.weight")):  # not 0 / 1 (every RMSNorm too)
                 p.add_(torch.randn_like(p), alpha=0.2)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
