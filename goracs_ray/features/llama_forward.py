@@ -22,8 +22,8 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
 * queries and keys keep each head's rotary pairs (i, i + hd/2) side by side
   (:func:`_pair_order`, taken from the projection's weight rows), so the rotary embedding is one
   complex multiplication; the common permutation leaves every attention score unchanged;
-* on CPU, causal attention runs in chunks of at most :data:`CPU_QUERY_BLOCK` queries, each over
-  the keys it can see (torch's CPU kernel scores every key of a 32-query block).
+* on CPU, causal attention without autograd runs in chunks of at most :data:`CPU_QUERY_BLOCK`
+  queries, each over the keys it can see (torch's CPU kernel scores every key of a 32-query block).
 
 Everything that runs without autograd merges the LoRA adapters into one matmul per projection,
 normalises in fewer passes and writes its residual additions in place.
@@ -222,10 +222,12 @@ def _attend_causal(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
 
     ``q`` (B, h, Q, hd) are the queries of positions K - Q … K - 1 and ``k``/``v``
     (B or 1, kv_h, K, hd) the keys/values of positions 0 … K - 1: query i sees keys
-    0 … K - Q + i. On CPU in chunks of at most :data:`CPU_QUERY_BLOCK` queries.
+    0 … K - Q + i. On CPU without autograd in chunks of at most :data:`CPU_QUERY_BLOCK` queries
+    (with autograd, the chunks' backward passes cost more than they save).
     """
     n_q, first = q.shape[2], k.shape[2] - q.shape[2]
-    chunks = max(1, -(-n_q // CPU_QUERY_BLOCK)) if q.device.type == "cpu" else 1
+    chunked = q.device.type == "cpu" and not torch.is_grad_enabled()
+    chunks = max(1, -(-n_q // CPU_QUERY_BLOCK)) if chunked else 1
     bounds = [n_q * i // chunks for i in range(chunks + 1)]
     outs = [
         _attend(
