@@ -98,11 +98,13 @@ def _hidden_loss(model, batch, task: Task, token_ids):
 
 
 def _owner_modules(model, names: list[str]) -> list[torch.nn.Linear]:
-    modules = dict(model.named_modules())
     owners = []
     for name in names:
         mod_name, _, attr = name.rpartition(".")
-        mod = modules.get(mod_name)
+        try:  # a path lookup: no walk over every module of the model per batch
+            mod = model.get_submodule(mod_name)
+        except AttributeError:
+            mod = None
         if attr != "weight" or not isinstance(mod, torch.nn.Linear) or mod.bias is not None:
             raise ValueError(
                 f"grad method `hooks` needs bias-free Linear weights; `{name}` is not one. "

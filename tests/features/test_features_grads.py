@@ -97,6 +97,14 @@ def test_ctr_needs_token_ids(warm):
         per_sample_grads(model, _batch(tok, "ctr", 2), ["x"], task="ctr")
 
 
+@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.layers.1.no_such.weight"])
+def test_hooks_refuse_targets_that_are_not_bias_free_linears(warm, name):
+    model, tok = warm
+    prefix = target_parameter_names(model, "last_v_lora_b")[0].split("model.layers.")[0]
+    with pytest.raises(ValueError, match="bias-free Linear weights"):
+        per_sample_grads(model, _batch(tok, "seqrec"), [prefix + name], method="hooks")
+
+
 def _only_trainable(model, names):
     for name, p in model.named_parameters():
         p.requires_grad_(name in names)
