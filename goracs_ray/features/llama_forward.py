@@ -111,6 +111,11 @@ def _pair_order(features: int, head_dim: int, device: torch.device) -> torch.Ten
     return (torch.arange(0, features, head_dim).unsqueeze(1) + within).reshape(-1).to(device)
 
 
+def _in_pair_order(y: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Projection outputs ``y`` (…, h·hd) in HF order → a copy in :func:`_pair_order`."""
+    return y.index_select(-1, _pair_order(y.shape[-1], head_dim, y.device))
+
+
 def _rotary_heads(attn, y: torch.Tensor, rope: torch.Tensor, norm: str) -> torch.Tensor:
     """Rotated query or key heads (B, h, T, hd) of a projection ``y`` (B, T, h·hd) whose features
     are in :func:`_pair_order`; through the attention's per-head RMSNorm first when it has one
@@ -174,11 +179,7 @@ def _proj(module, x: torch.Tensor, head_dim: int | None = None) -> torch.Tensor:
         lora_a is not None and (module.merged or module.disable_adapters or module.lora_variant)
     ):
         y = module(x)
-        return (
-            y
-            if head_dim is None
-            else y.index_select(-1, _pair_order(y.shape[-1], head_dim, y.device))
-        )
+        return y if head_dim is None else _in_pair_order(y, head_dim)
     weight, bias = linear.weight, linear.bias
     for name in adapters:
         weight = weight + module.get_delta_weight(name)
@@ -472,8 +473,7 @@ def _last_layer(layer, ropes, parts, qpos, hooked: set[int], *, with_hidden: boo
     attn, hd = layer.self_attn, layer.self_attn.head_dim
     xp, xs = (_rms_norm(layer.input_layernorm, x) for x in parts)
     if _hooks_inside(attn.k_proj, hooked):
-        k = _linear_rows(attn.k_proj, xp, xs, hooked)
-        k = k.index_select(-1, _pair_order(k.shape[-1], hd, k.device))
+        k = _in_pair_order(_linear_rows(attn.k_proj, xp, xs, hooked), hd)
         k = _rotary_heads(attn, k, _join(ropes), "k_norm")
     else:  # the prefix's keys once
         k = (
