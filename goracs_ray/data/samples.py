@@ -28,6 +28,7 @@ __all__ = [
     "ctr_text",
     "draw_negatives",
     "samples_to_table",
+    "seqrec_output",
     "seqrec_text",
     "split_sizes",
 ]
@@ -56,6 +57,15 @@ def _quoted(titles: list[str]) -> str:
     return ", ".join(f'"{t}"' for t in titles)
 
 
+def seqrec_output(title: str) -> str:
+    """The SeqRec answer text (the ``output`` column) for an item title: the title in quotes.
+
+    The one place this format is defined: fine-tuning targets (:func:`seqrec_text`) and the
+    candidate answers scored by likelihood evaluation both use it.
+    """
+    return f'"{title}"'
+
+
 def seqrec_text(history: list[str], target: str, domain: Domain) -> tuple[str, str, str]:
     """(instruction, input, output) of a BIGRec sample; output is the quoted target title."""
     w = WORDING[domain]
@@ -64,7 +74,7 @@ def seqrec_text(history: list[str], target: str, domain: Domain) -> tuple[str, s
         f"{w.noun} that the user likes to the user."
     )
     text = f"The user has {w.verb} the following {w.plural} before: {_quoted(history)}"
-    return instruction, text, f'"{target}"'
+    return instruction, text, seqrec_output(target)
 
 
 def ctr_text(

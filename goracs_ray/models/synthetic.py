@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from goracs_ray.data.samples import seqrec_output
 from goracs_ray.data.schema import SAMPLE_SCHEMA, Task
 
 __all__ = ["synthetic_samples", "synthetic_titles"]
@@ -79,7 +80,7 @@ def synthetic_samples(
             text_in = "The user has watched the following movies before: " + ", ".join(
                 f'"{t}"' for t in h_titles
             )
-            output, label = f'"{target}"', None
+            output, label = seqrec_output(target), None
         else:
             instruction = _CTR_INSTRUCTION
             like = ", ".join(f'"{t}"' for t in h_titles[:6])
