@@ -51,7 +51,8 @@ def _metrics_table(arms: Sequence[ArmResult]) -> list[str]:
 
 
 def lower_is_better(name: str) -> bool:
-    return "loss" in name or name == "mean_rank"
+    """True for losses (``test_loss``, ``log_loss``) and mean ranks (``*mean_rank``)."""
+    return "loss" in name or name.endswith("mean_rank")
 
 
 def metric_order(name: str) -> tuple[str, int]:

@@ -87,3 +87,12 @@ def test_log_loss_known_value():
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_losses_and_mean_ranks_are_lower_is_better():
+    from goracs_ray.report import lower_is_better
+
+    for name in ("test_loss", "log_loss", "mean_rank", "grounded_mean_rank"):
+        assert lower_is_better(name), name
+    for name in ("ndcg@10", "grounded_hr@5", "auc", "accuracy"):
+        assert not lower_is_better(name), name
