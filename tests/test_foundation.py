@@ -145,6 +145,7 @@ RAY_FREE_MODULES = [
     "goracs_ray.select.refine",
     "goracs_ray.select.sharded",
     "goracs_ray.evaluate.grounding",
+    "goracs_ray.evaluate.likelihood",
     "goracs_ray.evaluate.metrics",
     "goracs_ray.evaluate.model_eval",
     "goracs_ray.evaluate.run",

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-__all__ = ["EvalConfig"]
+__all__ = ["EvalConfig", "SeqRecRanking"]
+
+
+class SeqRecRanking(str, enum.Enum):
+    """How SeqRec candidates are ranked (``evaluate.seqrec_ranking``)."""
+
+    LIKELIHOOD = "likelihood"
+    """By the model's mean answer-token log-probability of each candidate title (the negative
+    fine-tuning loss); metrics ``ndcg@K``, ``hr@K``, ``mean_rank``, ``test_loss``."""
+    GROUNDING = "grounding"
+    """BIGRec: beam-search a title, rank candidates by embedding distance to it; metrics
+    ``grounded_ndcg@K``, ``grounded_hr@K``, ``grounded_mean_rank``."""
 
 
 @dataclass
 class EvalConfig:
-    """Test-set evaluation: grounded ranking (SeqRec) or AUC (CTR)."""
+    """Test-set evaluation: likelihood and/or grounded ranking (SeqRec), or AUC (CTR)."""
+
+    seqrec_ranking: list[str] = field(
+        default_factory=lambda: [SeqRecRanking.LIKELIHOOD.value, SeqRecRanking.GROUNDING.value]
+    )
+    """SeqRec rankings to run, a non-empty subset of ``["likelihood", "grounding"]``."""
+    candidate_batch: int = 100
+    """Candidate answers per forward pass of the likelihood ranking (bounds its memory)."""
 
     batch_size: int = 8
     """Test samples per generation / scoring batch."""
@@ -40,6 +59,7 @@ class EvalConfig:
             "max_new_tokens",
             "max_length",
             "embed_batch_size",
+            "candidate_batch",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`evaluate.{name}` must be ≥ 1, got {getattr(self, name)}")
@@ -51,6 +71,17 @@ class EvalConfig:
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"`evaluate.ks` must be a non-empty list of K ≥ 1, got {self.ks}")
         self.ks = sorted(set(self.ks))
+        allowed = [m.value for m in SeqRecRanking]
+        if (
+            not isinstance(self.seqrec_ranking, (list, tuple))
+            or not self.seqrec_ranking
+            or any(r not in allowed for r in self.seqrec_ranking)
+        ):
+            raise ValueError(
+                f"`evaluate.seqrec_ranking` must be a non-empty subset of {allowed}, "
+                f"got {self.seqrec_ranking!r}"
+            )
+        self.seqrec_ranking = [r for r in allowed if r in self.seqrec_ranking]
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"`evaluate.max_samples` must be ≥ 1 or null, got {self.max_samples}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):

@@ -14,14 +14,16 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from goracs_ray.data.prompts import format_prompt
+from goracs_ray.data.samples import seqrec_output
 from goracs_ray.data.schema import Task
-from goracs_ray.evaluate.config import EvalConfig
+from goracs_ray.evaluate.config import EvalConfig, SeqRecRanking
 from goracs_ray.evaluate.grounding import (
     base_model,
     candidate_distances,
     catalog_embeddings,
     last_token_hidden,
 )
+from goracs_ray.evaluate.likelihood import candidate_scores
 from goracs_ray.evaluate.metrics import auc, log_loss, rank_of_target, ranking_metrics
 from goracs_ray.evaluate.model_eval import generate_titles, yes_probabilities
 from goracs_ray.io import write_json, write_parquet
@@ -70,51 +72,90 @@ def _candidates(samples: pa.Table, items: pa.Table) -> np.ndarray:
 def _seqrec(
     cfg: EvalConfig, model, tokenizer, samples: pa.Table, items: pa.Table, model_key: str
 ) -> tuple[dict[str, float], pa.Table]:
+    """SeqRec metrics and per-sample predictions for the rankings in ``cfg.seqrec_ranking``.
+
+    Likelihood: each candidate title (target first, then the negatives) is scored by
+    :func:`candidate_scores`; rank = #negatives scoring ≥ the target (ties pessimistic).
+    Grounding (BIGRec): beam-search titles, embedded by the base model, L2 to each candidate.
+
+    Returns
+    -------
+    metrics : dict
+        Likelihood: ``ndcg@K``, ``hr@K``, ``mean_rank``, ``test_loss`` (mean target NLL per token);
+        grounding: ``grounded_ndcg@K``, ``grounded_hr@K``, ``grounded_mean_rank``.
+    predictions : pa.Table
+        ``sample_id`` (string); likelihood ``rank`` (int64, 0-based) and ``target_loss``
+        (float64); grounding ``grounded_rank`` (int64) and ``generated`` (string, best beam).
+    """
     cand = _candidates(samples, items)
-    item_emb = catalog_embeddings(
-        model,
-        tokenizer,
-        items.column("title").to_pylist(),
-        model_key=model_key,
-        batch_size=cfg.embed_batch_size,
-        cache_dir=cfg.cache_dir,
-    )
+    likelihood = SeqRecRanking.LIKELIHOOD.value in cfg.seqrec_ranking
+    grounding = SeqRecRanking.GROUNDING.value in cfg.seqrec_ranking
+    titles = items.column("title").to_pylist()
+    if grounding:
+        item_emb = catalog_embeddings(
+            model,
+            tokenizer,
+            titles,
+            model_key=model_key,
+            batch_size=cfg.embed_batch_size,
+            cache_dir=cfg.cache_dir,
+        )
     prompts = [
         format_prompt(i, x)
         for i, x in zip(
             samples.column("instruction").to_pylist(), samples.column("input").to_pylist()
         )
     ]
-    ranks, generated = [], []
+    answers = [seqrec_output(t) for t in titles]
+    scores, ranks, generated = [], [], []
     for s in tqdm(range(0, len(prompts), cfg.batch_size), desc="evaluate seqrec", disable=None):
         batch = prompts[s : s + cfg.batch_size]
-        titles = generate_titles(
-            model,
-            tokenizer,
-            batch,
-            num_beams=cfg.num_beams,
-            num_return_sequences=cfg.num_return_sequences,
-            max_new_tokens=cfg.max_new_tokens,
-            max_length=cfg.max_length,
-        )
-        flat = [t for ts in titles for t in ts]
-        with base_model(model):
-            emb = last_token_hidden(model, tokenizer, flat, batch_size=cfg.embed_batch_size)
-        pred = emb.reshape(len(batch), cfg.num_return_sequences, -1)
-        dist = candidate_distances(pred, item_emb, cand[s : s + len(batch)])
-        ranks.append(rank_of_target(dist))
-        generated.extend(t[0] for t in titles)
-    rank = np.concatenate(ranks)
-    metrics = ranking_metrics(rank, cfg.ks)
-    metrics["mean_rank"] = float(rank.mean())
-    preds = pa.table(
-        {
-            "sample_id": samples.column("sample_id"),
-            "rank": rank,
-            "generated": pa.array(generated, pa.string()),
-        }
-    )
-    return metrics, preds
+        rows = cand[s : s + len(batch)]
+        if likelihood:
+            scores.append(
+                candidate_scores(
+                    model,
+                    tokenizer,
+                    batch,
+                    [[answers[j] for j in row] for row in rows],
+                    max_length=cfg.max_length,
+                    candidate_batch=cfg.candidate_batch,
+                )
+            )
+        if grounding:
+            beams = generate_titles(
+                model,
+                tokenizer,
+                batch,
+                num_beams=cfg.num_beams,
+                num_return_sequences=cfg.num_return_sequences,
+                max_new_tokens=cfg.max_new_tokens,
+                max_length=cfg.max_length,
+            )
+            flat = [t for ts in beams for t in ts]
+            with base_model(model):
+                emb = last_token_hidden(model, tokenizer, flat, batch_size=cfg.embed_batch_size)
+            pred = emb.reshape(len(batch), cfg.num_return_sequences, -1)
+            ranks.append(rank_of_target(candidate_distances(pred, item_emb, rows)))
+            generated.extend(t[0] for t in beams)
+    metrics: dict[str, float] = {}
+    columns: dict[str, pa.Array] = {"sample_id": samples.column("sample_id")}
+    if likelihood:
+        score = np.concatenate(scores)
+        rank = rank_of_target(-score)
+        target_loss = -score[:, 0]
+        metrics.update(ranking_metrics(rank, cfg.ks))
+        metrics["mean_rank"] = float(rank.mean())
+        metrics["test_loss"] = float(target_loss.mean())
+        columns["rank"] = pa.array(rank, pa.int64())
+        columns["target_loss"] = pa.array(target_loss, pa.float64())
+    if grounding:
+        rank = np.concatenate(ranks)
+        metrics.update({f"grounded_{k}": v for k, v in ranking_metrics(rank, cfg.ks).items()})
+        metrics["grounded_mean_rank"] = float(rank.mean())
+        columns["grounded_rank"] = pa.array(rank, pa.int64())
+        columns["generated"] = pa.array(generated, pa.string())
+    return metrics, pa.table(columns)
 
 
 def _ctr(cfg: EvalConfig, model, tokenizer, samples: pa.Table) -> tuple[dict[str, float], pa.Table]:
@@ -181,16 +222,20 @@ def evaluate(
     items : path, pyarrow Table or DataFrame
         ITEM_SCHEMA catalog (``item_id``, ``title``); SeqRec only (may be None for CTR).
     out_dir : path
-        Receives ``metrics.json`` and ``predictions.parquet`` (per-sample rank + generated title,
-        or P(Yes) + label), each written atomically.
+        Receives ``metrics.json`` and ``predictions.parquet``, each written atomically. SeqRec
+        predictions: ``sample_id``; with likelihood ranking ``rank`` (int64, 0-based) and
+        ``target_loss`` (float64); with grounding ``grounded_rank`` (int64) and ``generated``
+        (best beam's title). CTR: ``sample_id``, ``p_yes``, ``label``.
     task : Task, optional
         Default: the samples' ``task`` column.
 
     Returns
     -------
     dict
-        ``task``, ``n``, timing, and ``ndcg@K``/``hr@K``/``mean_rank`` (SeqRec) or
-        ``auc``/``log_loss``/``accuracy`` (CTR).
+        ``task``, ``n``, timing, and for SeqRec (``cfg.seqrec_ranking``) the likelihood
+        ranking's ``ndcg@K``/``hr@K``/``mean_rank``/``test_loss`` and the BIGRec grounding's
+        ``grounded_ndcg@K``/``grounded_hr@K``/``grounded_mean_rank``; for CTR
+        ``auc``/``log_loss``/``accuracy``.
     """
     from goracs_ray.models.lm import load_causal_lm
 
