@@ -15,7 +15,7 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="grounded NDCG/HR@K (SeqRec) or AUC (CTR) on test samples",
+        help="likelihood + grounded NDCG/HR@K (SeqRec) or AUC (CTR) on test samples",
         description="Evaluate a base model (+ peft adapter) on SAMPLE_SCHEMA test samples; writes "
         "OUT/metrics.json and OUT/predictions.parquet.",
     )
