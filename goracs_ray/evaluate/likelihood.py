@@ -150,16 +150,16 @@ def _cached_row(
     The kept prompt tail depends on the answer length only when the prompt is truncated;
     candidates are grouped by that tail (one prefix pass per group, usually one in all).
     """
+    from transformers import DynamicCache
+
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = tokenizer.eos_token_id
     cap = max_length - len(bos) - 1
-    full = [(list(o) + [eos])[:cap] for o in answers]  # as pack_token_ids: answer + eos, capped
-    groups: dict[int, list[int]] = {}
-    for c, a in enumerate(full):
+    ans = [(list(o) + [eos])[:cap] for o in answers]  # as pack_token_ids: answer + eos, capped
+    groups: dict[int, list[int]] = {}  # first kept prompt token → candidates
+    for c, a in enumerate(ans):
         room = max_length - len(bos) - len(a)
         groups.setdefault(max(0, len(prompt) - room), []).append(c)
-    from transformers import DynamicCache
-
     device = _device(model)
     scores = np.zeros(len(answers), dtype=np.float64)
     for start, members in groups.items():
@@ -170,7 +170,7 @@ def _cached_row(
         kv = [(k, v) for k, v, *_ in cache]
         for s in range(0, len(members), candidate_batch):
             rows = members[s : s + candidate_batch]
-            scores[rows] = _continuations(model, kv, first, [full[c] for c in rows])
+            scores[rows] = _continuations(model, kv, first, [ans[c] for c in rows])
     return scores
 
 
