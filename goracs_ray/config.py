@@ -29,9 +29,10 @@ class ModelConfig:
 
     path: Path | None = None
     """HF causal-LM directory (LLaMA, Qwen, …). ``None``: build a tiny LLaMA-architecture model
-    and BPE tokenizer from the prepared samples (CPU demos and tests)."""
+    and BPE tokenizer pretrained on the prepared catalog's item text only (titles, years,
+    genres), never on the samples: it knows the items, not the users (CPU demos and tests)."""
     tiny: TinyModelConfig = dataclasses.field(
-        default_factory=lambda: TinyModelConfig(pretrain_steps=200)
+        default_factory=lambda: TinyModelConfig(pretrain_steps=3000)
     )
     """Size and pretraining of the tiny model (used only when ``path`` is None)."""
     seed: int = 0

@@ -132,16 +132,11 @@ def _git_sha() -> str | None:
 
 
 def _build_model(cfg: RunConfig, samples_dir: Path, out: Path) -> None:
-    from goracs_ray.data.prompts import format_full_text
-    from goracs_ray.models.tiny import build_tiny_llm
+    from goracs_ray.models.tiny import build_catalog_model
 
-    items = pq.read_table(samples_dir / "items.parquet", columns=["title"])
-    train = pq.read_table(samples_dir / "train.parquet", columns=["instruction", "input", "output"])
-    rows = train.slice(0, min(train.num_rows, 20_000)).to_pylist()
-    texts = items.column("title").to_pylist() + [
-        format_full_text(r["instruction"], r["input"], r["output"]) for r in rows
-    ]
-    build_tiny_llm(texts, out, seed=cfg.model.seed, overwrite=True, **to_dict(cfg.model.tiny))
+    build_catalog_model(
+        samples_dir, out, seed=cfg.model.seed, overwrite=True, **to_dict(cfg.model.tiny)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,16 @@ from typing import Any
 from goracs_ray.config import RunConfig
 from goracs_ray.configutil import apply_overrides, from_dict, load_yaml, set_dotted
 
-__all__ = ["DEFAULT_METHODS", "BenchConfig", "BenchSettings", "MethodSpec", "load_bench_config"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "FULL_DATA",
+    "POO_RANDOM",
+    "BenchConfig",
+    "BenchSettings",
+    "MethodSpec",
+    "PooCorrelation",
+    "load_bench_config",
+]
 
 DEFAULT_METHODS = (
     "random",
@@ -32,6 +41,12 @@ DEFAULT_METHODS = (
 FULL_DATA = "full_data"
 """Row label of the reference arm fine-tuned on the whole training split."""
 
+POO_RANDOM = "poo_random"
+"""Row label of the extra random coresets of the POO-correlation study."""
+
+POO_RANDOM_SEED = 1000
+"""Selection seed of the first ``poo_random`` coreset."""
+
 
 @dataclasses.dataclass
 class MethodSpec:
@@ -46,12 +61,30 @@ class MethodSpec:
     they override the ``select:`` section (e.g. ``{estimator: faithful}``)."""
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name == FULL_DATA:
+        if not self.name or "/" in self.name or self.name in (FULL_DATA, POO_RANDOM):
             raise ValueError(
                 f"`bench.methods` name {self.name!r} must be non-empty, without '/', and not "
-                f"{FULL_DATA!r} (reserved for the full-data row)"
+                f"{FULL_DATA!r} or {POO_RANDOM!r} (reserved rows)"
             )
         self.method = self.method or self.name
+
+
+@dataclasses.dataclass
+class PooCorrelation:
+    """The method's premise, measured: POO of many coresets against their fine-tuned losses."""
+
+    random_subsets: int = 20
+    """Extra random coresets (row ``poo_random``, seeds 1000, 1001, …) at ``budget``, each
+    fine-tuned with the first bench seed; with every method's coresets at that budget they are
+    the points of the rank correlation."""
+    budget: int | None = None
+    """Coreset size of the study (None: the first of ``bench.budgets``)."""
+
+    def __post_init__(self) -> None:
+        if self.random_subsets < 0:
+            raise ValueError(
+                f"`bench.poo_correlation.random_subsets` must be ≥ 0, got {self.random_subsets}"
+            )
 
 
 @dataclasses.dataclass
@@ -63,7 +96,10 @@ class BenchSettings:
     )
     """Selection methods: registry names, or ``{name, method, options}`` for variants."""
     budgets: list[int] = dataclasses.field(default_factory=lambda: [1024])
-    """Coreset sizes n."""
+    """Coreset sizes n at which every method runs."""
+    headroom_budgets: list[int] = dataclasses.field(default_factory=list)
+    """Further sizes at which only ``random`` runs: with ``budgets`` and ``full_data`` they show
+    whether more data helps at all (the headroom a selection method needs)."""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     """Seeds; each arm uses its seed for both the selection and the fine-tuning."""
     full_data: bool = True
@@ -73,6 +109,9 @@ class BenchSettings:
     mostly waiting, so 2 overlap well even on a 2-core machine; use more on a cluster."""
     metric: str | None = None
     """Headline metric (plots, "vs random" table); None: ``ndcg@10`` (SeqRec) or ``auc`` (CTR)."""
+    poo_correlation: PooCorrelation | None = None
+    """Rank correlation of POO with the fine-tuned valid/test loss and the headline metric
+    (None: not measured)."""
     quick: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Overrides applied by ``goracs bench --quick`` (dotted keys, e.g. ``data.max_users: 30``):
     a CI-sized smoke run of the same benchmark, written to ``<run_dir>-quick``."""
@@ -88,8 +127,32 @@ class BenchSettings:
                     f"`bench.{field}` must be a non-empty list of distinct integers ≥ {low}, "
                     f"got {values}"
                 )
+        if self.headroom_budgets and (
+            len(set(self.headroom_budgets)) != len(self.headroom_budgets)
+            or min(self.headroom_budgets) < 1
+            or set(self.headroom_budgets) & set(self.budgets)
+        ):
+            raise ValueError(
+                f"`bench.headroom_budgets` must be distinct integers ≥ 1 not in `bench.budgets`, "
+                f"got {self.headroom_budgets}"
+            )
+        if self.headroom_budgets and "random" not in [m.name for m in self.methods]:
+            raise ValueError("`bench.headroom_budgets` needs `random` among `bench.methods`")
+        study = self.poo_correlation
+        if study is not None and study.budget is not None and study.budget not in self.budgets:
+            raise ValueError(
+                f"`bench.poo_correlation.budget` ({study.budget}) must be one of "
+                f"`bench.budgets` {self.budgets}"
+            )
         if self.parallel_arms < 1:
             raise ValueError(f"`bench.parallel_arms` must be ≥ 1, got {self.parallel_arms}")
+
+    @property
+    def poo_budget(self) -> int | None:
+        """Coreset size of the POO-correlation study (None without one)."""
+        if self.poo_correlation is None:
+            return None
+        return self.poo_correlation.budget or self.budgets[0]
 
     @property
     def specs(self) -> list[MethodSpec]:

@@ -20,7 +20,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from goracs_ray.bench.config import FULL_DATA, BenchConfig
+from goracs_ray.bench.config import (
+    FULL_DATA,
+    POO_RANDOM,
+    POO_RANDOM_SEED,
+    BenchConfig,
+    MethodSpec,
+)
 from goracs_ray.bench.results import headline_metric, results_table, write_results
 from goracs_ray.io import read_json
 from goracs_ray.pipeline import (
@@ -60,24 +66,35 @@ def bench_arms(cfg: BenchConfig) -> list[Arm]:
 
     for spec in cfg.bench.specs:
         get_selector(spec.method)  # unknown names fail before any stage runs
+    bench = cfg.bench
     arms = []
-    if cfg.bench.full_data:
-        arms += [Arm(FULL_DATA, f"{FULL_DATA}/s{s}", None, train_seed=s) for s in cfg.bench.seeds]
-    for budget in cfg.bench.budgets:
-        for spec in cfg.bench.specs:
-            for seed in cfg.bench.seeds:
-                arms.append(
-                    selection_arm(
-                        spec.name,
-                        f"{spec.name}/b{budget}-s{seed}",
-                        cfg.select,
-                        method=spec.method,
-                        options=spec.options,
-                        budget=budget,
-                        seed=seed,
-                        train_seed=seed,
-                    )
-                )
+    if bench.full_data:
+        arms += [Arm(FULL_DATA, f"{FULL_DATA}/s{s}", None, train_seed=s) for s in bench.seeds]
+
+    def arm(spec: MethodSpec, budget: int, seed: int, train_seed: int, name: str = "") -> Arm:
+        name = name or spec.name
+        return selection_arm(
+            name,
+            f"{name}/b{budget}-s{seed}",
+            cfg.select,
+            method=spec.method or spec.name,
+            options=spec.options,
+            budget=budget,
+            seed=seed,
+            train_seed=train_seed,
+        )
+
+    random = next((spec for spec in bench.specs if spec.name == "random"), None)
+    for budget in sorted(bench.headroom_budgets, reverse=True):  # the longest first
+        arms += [arm(random, budget, seed, seed) for seed in bench.seeds]
+    for budget in bench.budgets:
+        for spec in bench.specs:
+            arms += [arm(spec, budget, seed, seed) for seed in bench.seeds]
+    if bench.poo_correlation is not None:
+        for i in range(bench.poo_correlation.random_subsets):
+            seed = POO_RANDOM_SEED + i
+            subset = dataclasses.replace(random or MethodSpec("random"), options={})
+            arms.append(arm(subset, bench.poo_budget, seed, bench.seeds[0], name=POO_RANDOM))
     return arms
 
 
@@ -103,10 +120,11 @@ def run_bench(
     graph = StageGraph(run_dir, force=force)
     inputs = prepare_inputs(cfg, graph)
     n_train = pq.read_metadata(inputs.samples_dir / "train.parquet").num_rows
-    too_big = [b for b in cfg.bench.budgets if b >= n_train]
+    too_big = [b for b in [*cfg.bench.budgets, *cfg.bench.headroom_budgets] if b >= n_train]
     if too_big:
         raise ValueError(
-            f"`bench.budgets` {too_big} are not below the {n_train} training samples; "
+            f"`bench.budgets`/`headroom_budgets` {too_big} are not below the {n_train} training "
+            "samples; "
             "lower them (the full-data row is `bench.full_data`)"
         )
     _dry_run(cfg, inputs, arms)

@@ -62,6 +62,11 @@ class ColumnMap:
     """Item table: item id column (joins ``item``)."""
     title: str = "title"
     """Item table: title column (RecBole ml-100k: ``movie_title``)."""
+    year: str | None = None
+    """Item table: optional release-year column (ml-100k: ``release_year``), used in the item
+    descriptions the tiny base model is pretrained on."""
+    genres: str | None = None
+    """Item table: optional genres/categories column (ml-100k: ``class``), likewise."""
 
 
 @dataclasses.dataclass

@@ -123,7 +123,7 @@ def prepare(
         bar.update()
         card = _card(cfg, key, checksums, data, events, samples, catalog)
         card["seconds"] = round(time.perf_counter() - start, 3)
-        _write(out, samples, catalog, data.titles, card)
+        _write(out, samples, catalog, data, card)
         bar.update()
     counts = {split: stats["samples"] for split, stats in card["splits"].items()}
     logger.info("prepared %s in %.1f s: %s samples", out, card["seconds"], counts)
@@ -137,9 +137,16 @@ def _card_hash(path: Path) -> str | None:
         return None
 
 
-def _write(out: Path, samples, catalog, titles, card: dict[str, Any]) -> None:
+def _write(out: Path, samples, catalog, data, card: dict[str, Any]) -> None:
+    described = data.descriptions is not None
     items = pa.Table.from_pydict(
-        {"item_id": catalog.tolist(), "title": titles.reindex(catalog).tolist()},
+        {
+            "item_id": catalog.tolist(),
+            "title": data.titles.reindex(catalog).tolist(),
+            "description": (
+                data.descriptions.reindex(catalog).tolist() if described else [None] * len(catalog)
+            ),
+        },
         schema=ITEM_SCHEMA,
     )
     with atomic_dir(out, overwrite=True) as part:

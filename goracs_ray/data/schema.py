@@ -46,9 +46,13 @@ ITEM_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("title", pa.string(), nullable=False),
+        # "Title (1995), Animation Children's Comedy": title plus the year and genres where the
+        # source has them (null otherwise); the tiny base model is pretrained on this text.
+        pa.field("description", pa.string(), nullable=True),
     ]
 )
-"""The catalog: ``samples/items.parquet`` (used for grounding and tokenizer training)."""
+"""The catalog: ``samples/items.parquet`` (grounding, the tiny model's tokenizer and pretraining).
+Readers need only ``item_id`` and ``title``; ``description`` may be absent in older files."""
 
 FEATURE_COLUMNS = {
     "sample_id": pa.string(),

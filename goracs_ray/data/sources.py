@@ -28,7 +28,7 @@ __all__ = ["Interactions", "load_source", "source_files"]
 
 logger = logging.getLogger(__name__)
 
-_ML100K_COLUMNS = ColumnMap(title="movie_title")
+_ML100K_COLUMNS = ColumnMap(title="movie_title", year="release_year", genres="class")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,9 @@ class Interactions:
     """Title (str) indexed by item id (str), for every item in ``events``."""
     raw_interactions: int
     """Interactions in the source before any filtering."""
+    descriptions: pd.Series | None = None
+    """Catalog text (str) indexed by item id: the title plus year and genres where the source has
+    them (``source.columns.year``/``genres``); None when it has neither."""
 
 
 def source_files(cfg: SourceConfig) -> tuple[Path, Path]:
@@ -88,7 +91,11 @@ def load_source(cfg: SourceConfig) -> Interactions:
             "`source.on_missing_title` and that item ids match between the two files"
         )
     titles = titles[titles.index.isin(events["item"].unique())]
-    return Interactions(events.reset_index(drop=True), titles, len(raw) + dropped)
+    if cfg.kind is SourceKind.ML_100K:  # a trimmed copy may lack them: use what is there
+        absent = {k: None for k in ("year", "genres") if getattr(cols, k) not in items.columns}
+        cols = dataclasses.replace(cols, **absent)
+    descriptions = item_descriptions(items, items_path, cols, titles, unit=item_unit)
+    return Interactions(events.reset_index(drop=True), titles, len(raw) + dropped, descriptions)
 
 
 def _existing(path: Path, field: str) -> Path:
@@ -238,6 +245,32 @@ def normalize_titles(
         logger.warning("`%s`: %d repeated item ids; the first title is used", path, dup.sum())
         out = out[~dup]
     return out
+
+
+def item_descriptions(
+    df: pd.DataFrame, path: Path, cols: ColumnMap, titles: pd.Series, *, unit: str = "line"
+) -> pd.Series | None:
+    """``"Title (1995), Animation Children's Comedy"`` per item of ``titles`` (same index), from
+    the optional ``cols.year`` / ``cols.genres`` columns; None when neither is configured.
+
+    Catalog facts only (what a general LLM knows about an item), never interactions.
+    """
+    extra = {"year": cols.year, "genres": cols.genres}
+    if all(c is None for c in extra.values()):
+        return None
+    _require(df, path, extra)
+    table = df.assign(_id=_ids(df, cols.item_id, path, unit)).drop_duplicates("_id")
+    table = table.set_index("_id").reindex(titles.index)
+
+    def column(name: str | None) -> pd.Series:
+        if name is None:
+            return pd.Series("", index=titles.index)
+        return table[name].astype("string").fillna("").str.strip()
+
+    year, genres = column(cols.year), column(cols.genres)
+    text = titles.astype(str) + np.where(year != "", " (" + year + ")", "")
+    text = text + np.where(genres != "", ", " + genres, "")
+    return pd.Series(text.to_numpy(dtype=object), index=titles.index, name="description")
 
 
 def drop_duplicates(

@@ -255,7 +255,9 @@ def evaluate(
         raise ValueError("`test_samples` is empty")
     model_path = Path(model_path)
     t0 = time.perf_counter()
-    model, tokenizer = load_causal_lm(model_path, adapter_path=adapter_path, trainable=None)
+    model, tokenizer = load_causal_lm(
+        model_path, adapter_path=adapter_path, trainable=None, attn_implementation="sdpa"
+    )
     device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
     model.to(device)
     if task is Task.SEQREC:

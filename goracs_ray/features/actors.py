@@ -180,15 +180,21 @@ def _prepare_out_dir(cfg, samples, out_dir: Path, overwrite: bool) -> pa.Table:
     return pool
 
 
-def _resolve_model(cfg: FeaturesConfig, pool: pa.Table, out_dir: Path) -> tuple[Path, Path | None]:
-    from goracs_ray.models.tiny import build_tiny_llm
+def _resolve_model(
+    cfg: FeaturesConfig, samples, pool: pa.Table, out_dir: Path
+) -> tuple[Path, Path | None]:
+    from goracs_ray.models.tiny import build_catalog_model
 
     model_path = cfg.model_path
     if model_path is None:
         model_path = out_dir / "tiny_model"
         if not (model_path / "config.json").is_file():
-            texts = [p + o for p, o in zip(pool["prompt"].to_pylist(), pool["output"].to_pylist())]
-            build_tiny_llm(texts[:20000], model_path, overwrite=True, **to_dict(cfg.tiny))
+            if not isinstance(samples, (str, os.PathLike)):
+                raise ValueError(
+                    "`model_path` is not set and `samples` is a Ray Dataset, which carries no "
+                    "catalog to build the tiny model from; set `model_path`"
+                )
+            build_catalog_model(samples, model_path, overwrite=True, **to_dict(cfg.tiny))
     adapter = cfg.adapter_path
     if adapter is None and cfg.warmup_steps > 0:
         adapter = out_dir / "warmup_adapter"
@@ -274,7 +280,7 @@ def compute_features(
     skipped = n_shards - len(todo)
     if skipped:
         logger.info("resuming: %d of %d shards already done", skipped, n_shards)
-    model_path, adapter = _resolve_model(cfg, pool, out_dir)
+    model_path, adapter = _resolve_model(cfg, samples, pool, out_dir)
     if todo:
 
         def pool_rows(s: int) -> int:

@@ -30,33 +30,16 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _model_tiny(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
+    from goracs_ray.models.tiny import build_catalog_model
 
-    from goracs_ray.data.prompts import format_full_text
-    from goracs_ray.models.tiny import build_tiny_llm
-
-    src = Path(args.texts_from)
-    files = sorted(src.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"`--texts-from` {src} holds no *.parquet samples")
-    texts = []
-    for path in files:
-        cols = pq.read_table(path).to_pydict()
-        if "title" in cols:
-            texts += cols["title"]
-        else:
-            texts += [
-                format_full_text(*t)
-                for t in zip(cols["instruction"], cols["input"], cols["output"])
-            ]
-    out = build_tiny_llm(
-        texts[: args.max_texts],
+    out = build_catalog_model(
+        args.samples,
         args.out,
         seed=args.seed,
         pretrain_steps=args.pretrain_steps,
         overwrite=args.overwrite,
     )
-    print(f"tiny model: {out}")
+    print(f"tiny model: {out} (corpus and pretraining record inside)")
     return 0
 
 
@@ -75,11 +58,20 @@ def register(subparsers) -> None:
 
     m = subparsers.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)
-    t = msub.add_parser("tiny", help="build a tiny LLaMA + BPE tokenizer from sample/catalog text")
-    t.add_argument("--texts-from", required=True, type=Path, help="dir of samples/items parquet")
+    t = msub.add_parser(
+        "tiny", help="build a tiny LLaMA + BPE tokenizer pretrained on a prepared catalog"
+    )
+    t.add_argument(
+        "--samples",
+        "--texts-from",
+        required=True,
+        type=Path,
+        help="prepared samples dir (its items.parquet is the pretraining corpus)",
+    )
     t.add_argument("--out", required=True, type=Path, help="output HF model dir")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--pretrain-steps", type=int, default=0)
-    t.add_argument("--max-texts", type=int, default=20000, help="texts used for training")
+    t.add_argument(
+        "--pretrain-steps", type=int, default=3000, help="max steps (stops at a loss plateau)"
+    )
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_model_tiny)

@@ -40,7 +40,10 @@ class TinyModelConfig:
     max_position_embeddings: int = 512
     """Longest sequence."""
     pretrain_steps: int = 0
-    """Next-token steps on the pool's text before features (0: random init)."""
+    """At most this many next-token steps on the catalog text (item titles, years, genres;
+    never the samples), fewer once the corpus loss stops improving (0: random init)."""
+    pretrain_patience: int = 3
+    """Corpus-loss checks (every 50 steps) without a 0.5 % gain before pretraining stops."""
 
 
 DEFAULT_TINY = TinyModelConfig()

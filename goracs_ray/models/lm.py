@@ -22,6 +22,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+ALL_LINEAR = "all-linear"
+"""peft's shorthand for every linear layer but the output head."""
+
+
 class GradTarget(str, enum.Enum):
     """Which LoRA parameters are trainable / have their per-sample gradients measured."""
 
@@ -42,16 +46,21 @@ class LoraSettings:
     dropout: float = 0.05
     """Dropout on the LoRA input during training (inactive in eval mode)."""
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    """Module names that receive adapters."""
+    """Module names that receive adapters; ``[all-linear]`` (or the string ``all-linear``): every
+    linear layer of the decoder except the output head (peft's shorthand)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"`r` must be ≥ 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
+        modules = self.target_modules
+        modules = (modules,) if isinstance(modules, str) else tuple(modules)
+        if not modules:
             raise ValueError("`target_modules` is empty; name at least one module, e.g. v_proj")
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if ALL_LINEAR in modules and len(modules) > 1:
+            raise ValueError(f"`target_modules`: `{ALL_LINEAR}` stands alone, got {list(modules)}")
+        object.__setattr__(self, "target_modules", modules)
 
     def to_peft(self):
         """The equivalent ``peft.LoraConfig`` for a causal LM."""
@@ -61,7 +70,9 @@ class LoraSettings:
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
+            target_modules=(
+                ALL_LINEAR if self.target_modules == (ALL_LINEAR,) else list(self.target_modules)
+            ),
             bias="none",
             task_type="CAUSAL_LM",
         )

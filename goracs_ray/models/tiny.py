@@ -15,6 +15,7 @@ are each one token. CTR uses the ids of ``"Yes"`` and ``"No"`` *without* a leadi
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,7 +26,15 @@ import torch
 
 from goracs_ray.data.prompts import ALPACA_TEMPLATE
 
-__all__ = ["ANSWER_WORDS", "SPECIAL_TOKENS", "build_tiny_llm"]
+__all__ = [
+    "ANSWER_WORDS",
+    "CORPUS_FILE",
+    "RECORD_FILE",
+    "SPECIAL_TOKENS",
+    "build_catalog_model",
+    "build_tiny_llm",
+    "catalog_corpus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,12 @@ ANSWER_WORDS = ("Yes", "No")
 """Words that must be single tokens, with and without a leading space (CTR answers)."""
 
 _BOOST = 200  # min copies of the template/answer text, so BPE merges them into whole words
+_EVAL_EVERY = 50  # pretraining steps between two corpus-loss checks
+_MIN_GAIN = 0.005  # relative corpus-loss gain that counts as progress
+CORPUS_FILE = "pretraining_corpus.txt"
+"""The tiny model's pretraining text, one document a line (written into the model dir)."""
+RECORD_FILE = "pretraining.json"
+"""Corpus size, steps, stop reason and loss history of the pretraining (in the model dir)."""
 
 
 def _train_tokenizer(texts: Sequence[str], vocab_size: int):
@@ -85,8 +100,14 @@ def _train_tokenizer(texts: Sequence[str], vocab_size: int):
     return fast
 
 
-def _pretrain(model, tokenizer, texts: Sequence[str], *, steps: int, seed: int, lr: float) -> None:
-    """A few AdamW steps of next-token prediction on ``texts`` (packed into 64-token rows)."""
+def _pretrain(
+    model, tokenizer, texts: Sequence[str], *, steps: int, seed: int, lr: float, patience: int
+) -> dict:
+    """AdamW next-token prediction on ``texts`` (packed into 64-token rows, batch 16) until the
+    loss stops improving: every ``_EVAL_EVERY`` steps the mean loss over (up to 256 rows of) the
+    corpus is measured; training stops after ``patience`` checks without a relative gain of
+    ``_MIN_GAIN`` over the best, or after ``steps`` steps. Returns the record (history, reason).
+    """
     from goracs_ray.models.losses import causal_lm_loss
 
     gen = torch.Generator().manual_seed(seed)
@@ -94,17 +115,53 @@ def _pretrain(model, tokenizer, texts: Sequence[str], *, steps: int, seed: int, 
     block = min(64, model.config.max_position_embeddings)
     n_rows = max(1, len(ids) // block)
     data = torch.tensor(ids[: n_rows * block] or ids, dtype=torch.int64).view(n_rows, -1)
+    probe = data[torch.randperm(data.shape[0], generator=gen)[:256]]
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def corpus_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = causal_lm_loss(model(input_ids=probe).logits, probe).mean().item()
+        model.train()
+        return value
+
+    history, best, bad, reason = [], math.inf, 0, "max_steps"
+    lowest, best_state = math.inf, None
     model.train()
-    for step in range(steps):
+    for step in range(1, steps + 1):
         rows = data[torch.randint(0, data.shape[0], (min(16, data.shape[0]),), generator=gen)]
         loss = causal_lm_loss(model(input_ids=rows).logits, rows).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % max(1, steps // 5) == 0 or step == steps - 1:
-            logger.info("tiny LM pretraining step %d/%d loss %.3f", step + 1, steps, loss.item())
+        if step % _EVAL_EVERY == 0 or step == steps:
+            value = corpus_loss()
+            history.append({"step": step, "corpus_loss": round(value, 5)})
+            logger.info("tiny LM pretraining step %d/%d corpus loss %.3f", step, steps, value)
+            if value < lowest:
+                lowest, best_state = (
+                    value,
+                    {k: v.detach().clone() for k, v in model.state_dict().items()},
+                )
+            if value < best * (1 - _MIN_GAIN):
+                best, bad = value, 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    reason = "plateau"
+                    break
+    if best_state is not None:  # the weights of the lowest corpus loss seen
+        model.load_state_dict(best_state)
     model.eval()
+    return {
+        "steps": history[-1]["step"] if history else 0,
+        "best_corpus_loss": min((h["corpus_loss"] for h in history), default=None),
+        "max_steps": steps,
+        "stopped": reason,
+        "corpus_rows": int(data.shape[0]),
+        "row_tokens": int(data.shape[1]),
+        "history": history,
+    }
 
 
 def build_tiny_llm(
@@ -120,6 +177,8 @@ def build_tiny_llm(
     max_position_embeddings: int = 512,
     pretrain_steps: int = 0,
     pretrain_lr: float = 3e-3,
+    pretrain_patience: int = 3,
+    tokenizer_texts: Sequence[str] = (),
     overwrite: bool = False,
 ) -> Path:
     """Build and save a tiny ``LlamaForCausalLM`` plus a BPE tokenizer trained on ``texts``.
@@ -127,7 +186,8 @@ def build_tiny_llm(
     Parameters
     ----------
     texts : sequence of str
-        Catalog text (item titles, prompts, full training texts) for the tokenizer and pretraining.
+        The pretraining corpus (and tokenizer text), e.g. :func:`catalog_corpus`: item text
+        only, so that the model knows the catalog but not the users' interactions.
     out_dir : path
         Output HF model directory, written atomically.
     seed : int
@@ -137,10 +197,15 @@ def build_tiny_llm(
     hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings : int
         LlamaConfig sizes (``num_key_value_heads = num_heads``).
     pretrain_steps : int
-        AdamW steps (batch 16 × 64 tokens) of next-token prediction on ``texts``; 0 keeps the
-        random init.
+        At most this many AdamW steps (batch 16 × 64 tokens) of next-token prediction on
+        ``texts``, fewer when the corpus loss stops improving; 0 keeps the random init.
     pretrain_lr : float
         Learning rate of that pretraining.
+    pretrain_patience : int
+        Corpus-loss checks (every 50 steps) without a 0.5 % gain before pretraining stops.
+    tokenizer_texts : sequence of str
+        Extra text for the tokenizer only, never pretrained on (e.g. the task's fixed
+        instruction wording).
     overwrite : bool
         Replace an existing ``out_dir``.
 
@@ -159,7 +224,9 @@ def build_tiny_llm(
         raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads`")
     if vocab_size < 300:
         raise ValueError(f"`vocab_size` must be ≥ 300 (256 bytes + specials), got {vocab_size}")
-    tokenizer = _train_tokenizer(texts, vocab_size)
+    if pretrain_patience < 1:
+        raise ValueError(f"`pretrain_patience` must be ≥ 1, got {pretrain_patience}")
+    tokenizer = _train_tokenizer([*texts, *tokenizer_texts], vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -176,13 +243,74 @@ def build_tiny_llm(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
+    record: dict = {"steps": 0, "stopped": "no pretraining", "history": []}
     if pretrain_steps > 0:
-        _pretrain(model, tokenizer, texts, steps=pretrain_steps, seed=seed, lr=pretrain_lr)
+        record = _pretrain(
+            model,
+            tokenizer,
+            texts,
+            steps=pretrain_steps,
+            seed=seed,
+            lr=pretrain_lr,
+            patience=pretrain_patience,
+        )
+    n_tokens = sum(len(tokenizer.encode(t)) for t in texts)
+    record = {"documents": len(texts), "tokens": n_tokens, "corpus": CORPUS_FILE, **record}
     with atomic_dir(out_dir, overwrite=overwrite) as part:
         model.save_pretrained(part)
         tokenizer.save_pretrained(part)
+        (part / CORPUS_FILE).write_text("".join(t.replace("\n", " ") + "\n" for t in texts))
+        (part / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "saved tiny LLaMA (%d parameters, vocab %d) to %s", n_params, len(tokenizer), out_dir
     )
     return Path(out_dir)
+
+
+def catalog_corpus(items) -> list[str]:
+    """The pretraining corpus of a catalog: one document per item, its ``description`` (title,
+    year, genres) where present, else its title. ``items``: a pyarrow Table in ITEM_SCHEMA.
+
+    Only item facts, never interactions: the stand-in for an LLM that knows the catalog.
+    """
+    titles = items.column("title").to_pylist()
+    if "description" in items.column_names:
+        described = items.column("description").to_pylist()
+        return [d if d else t for d, t in zip(described, titles)]
+    return titles
+
+
+def build_catalog_model(
+    samples_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    **sizes,
+) -> Path:
+    """:func:`build_tiny_llm` pretrained on the catalog of a prepared samples dir.
+
+    Pretraining text: :func:`catalog_corpus` of ``samples_dir/items.parquet``. The tokenizer
+    also sees the distinct ``instruction`` strings of ``train.parquet`` (the task's fixed
+    wording, the same for every sample), never a sample's input or answer. ``sizes``: the
+    remaining :func:`build_tiny_llm` keywords (TinyModelConfig fields).
+    """
+    import pyarrow.parquet as pq
+
+    samples_dir = Path(samples_dir)
+    items_path = samples_dir / "items.parquet"
+    if not items_path.is_file():
+        raise FileNotFoundError(
+            f"`{items_path}` does not exist: the tiny model is built from the prepared catalog; "
+            "run `goracs prepare` first or pass the samples directory that holds items.parquet"
+        )
+    corpus = catalog_corpus(pq.read_table(items_path))
+    wording: list[str] = []
+    train_path = samples_dir / "train.parquet"
+    if train_path.is_file():
+        instructions = pq.read_table(train_path, columns=["instruction"]).column("instruction")
+        wording = sorted(set(instructions.to_pylist()))
+    return build_tiny_llm(
+        corpus, out_dir, seed=seed, tokenizer_texts=wording, overwrite=overwrite, **sizes
+    )

@@ -23,6 +23,14 @@ class TrainConfig:
     """Maximum number of passes over the training samples."""
     lr: float = 1e-4
     """AdamW learning rate (reference: 1e-4 SeqRec, 1e-5 CTR)."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear learning-rate warm-up from 0 to ``lr`` (then constant)."""
+    train_on_inputs: bool = False
+    """BIGRec's option: SeqRec loss on the prompt tokens too, not only on the answer (the
+    validation loss, used for early stopping, stays on the answer). SeqRec only."""
+    adapter_path: str | None = None
+    """Start from this peft adapter dir (e.g. an instruction-tuned adapter, as the reference
+    does) instead of a fresh ``lora`` adapter; its LoRA settings are used."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     batch_size: int = 8
@@ -31,6 +39,9 @@ class TrainConfig:
     """Micro-batches per optimiser step; global batch = batch_size · grad_accum · workers."""
     eval_batch_size: int = 16
     """Batch size per worker for the validation loss."""
+    max_valid_samples: int | None = None
+    """Compute the per-epoch validation loss (early stopping) on only the first this many
+    validation samples (None: all); bounds the cost of an epoch for small coresets."""
     max_length: int = 256
     """Token cap per sample (prompt + answer); longer prompts are cut from the left."""
     grad_clip: float = 1.0
@@ -74,6 +85,20 @@ class TrainConfig:
             raise ValueError(
                 f"`train.min_workers` must be between 1 and `train.num_workers` "
                 f"({self.num_workers}), got {self.min_workers}; or null for a fixed size"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"`train.warmup_steps` must be ≥ 0, got {self.warmup_steps}")
+        if self.max_valid_samples is not None and self.max_valid_samples < 1:
+            raise ValueError(
+                f"`train.max_valid_samples` must be ≥ 1 or null, got {self.max_valid_samples}"
+            )
+        if (
+            self.adapter_path is not None
+            and not (Path(self.adapter_path) / "adapter_config.json").is_file()
+        ):
+            raise FileNotFoundError(
+                f"`train.adapter_path` `{self.adapter_path}` is not a peft adapter dir (no "
+                "adapter_config.json); give the dir written by `goracs finetune` or peft"
             )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"`train.patience` must be ≥ 1 or null, got {self.patience}")

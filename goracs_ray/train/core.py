@@ -19,7 +19,7 @@ import torch.distributed as dist
 from goracs_ray.data.prompts import format_prompt
 from goracs_ray.data.schema import Task
 from goracs_ray.models.losses import causal_lm_loss, ctr_loss
-from goracs_ray.models.text import tokenize_samples
+from goracs_ray.models.text import LossOn, tokenize_samples
 
 __all__ = [
     "SAMPLE_COLUMNS",
@@ -31,6 +31,7 @@ __all__ = [
     "eval_loss",
     "global_mean",
     "train_epoch",
+    "warmup_schedule",
     "write_adapter",
 ]
 
@@ -40,15 +41,18 @@ SAMPLE_COLUMNS = ("instruction", "input", "output")
 """Sample columns the fine-tuning batches need (SAMPLE_SCHEMA names)."""
 
 
-def collate(tokenizer, rows: Mapping[str, Any], *, max_length: int) -> dict[str, torch.Tensor]:
+def collate(
+    tokenizer, rows: Mapping[str, Any], *, max_length: int, train_on_inputs: bool = False
+) -> dict[str, torch.Tensor]:
     """Tokenise a batch of sample rows (``instruction``, ``input``, ``output`` arrays of B str).
 
-    Returns ``input_ids``, ``attention_mask``, ``labels`` : (B, T) int64, loss on the answer only
-    (BIGRec/TALLRec ``train_on_inputs=False``).
+    Returns ``input_ids``, ``attention_mask``, ``labels`` : (B, T) int64; the loss is on the
+    answer only (BIGRec/TALLRec ``train_on_inputs=False``) unless ``train_on_inputs``.
     """
     prompts = [format_prompt(str(i), str(x)) for i, x in zip(rows["instruction"], rows["input"])]
     outputs = [str(o) for o in rows["output"]]
-    return tokenize_samples(tokenizer, prompts, outputs, max_length=max_length)
+    loss_on = LossOn.ALL if train_on_inputs else LossOn.RESPONSE
+    return tokenize_samples(tokenizer, prompts, outputs, max_length=max_length, loss_on=loss_on)
 
 
 def batch_losses(
@@ -80,8 +84,9 @@ class TorchStepper:
         *,
         grad_accum: int,
         grad_clip: float,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.grad_accum, self.grad_clip = grad_accum, grad_clip
         self._micro = 0
 
@@ -102,6 +107,8 @@ class TorchStepper:
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
 
@@ -117,6 +124,16 @@ class DeepSpeedStepper:
 
     def flush(self) -> None:
         """Nothing: DeepSpeed steps at its own accumulation boundaries."""
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):
+    """Linear warm-up of the learning rate over ``warmup_steps`` optimiser steps, then constant
+    (None when ``warmup_steps`` is 0). Its ``state_dict`` goes into the checkpoints."""
+    if warmup_steps <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps)
+    )
 
 
 def train_epoch(

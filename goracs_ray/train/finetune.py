@@ -24,8 +24,9 @@ __all__ = ["finetune"]
 logger = logging.getLogger(__name__)
 
 
-def _as_dataset(samples: Any, name: str):
-    """A Parquet path or a Ray Dataset → materialised Ray Dataset of the fine-tuning columns."""
+def _as_dataset(samples: Any, name: str, *, limit: int | None = None):
+    """A Parquet path or a Ray Dataset → materialised Ray Dataset of the fine-tuning columns
+    (its first ``limit`` rows when given)."""
     import ray.data
 
     if isinstance(samples, (str, os.PathLike)):
@@ -47,7 +48,10 @@ def _as_dataset(samples: Any, name: str):
             f"`{name}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}; samples must follow "
             "goracs_ray.data.schema.SAMPLE_SCHEMA"
         )
-    ds = ds.select_columns(["sample_id", *SAMPLE_COLUMNS]).materialize()
+    ds = ds.select_columns(["sample_id", *SAMPLE_COLUMNS])
+    if limit is not None:
+        ds = ds.limit(limit)
+    ds = ds.materialize()
     ids = ds.select_columns(["sample_id"]).to_pandas()["sample_id"].astype(str)
     fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     return ds, len(ids), fingerprint
@@ -137,9 +141,16 @@ def finetune(
     adapter_dir = out_dir / "adapter"
     if adapter_dir.exists() and not overwrite:
         raise FileExistsError(f"`{adapter_dir}` already exists; pass overwrite=True to replace it")
+    if cfg.train_on_inputs and task is Task.CTR:
+        raise ValueError(
+            "`train.train_on_inputs` applies to SeqRec only (the CTR loss is the 2-way Yes/No "
+            "answer); set it to false"
+        )
     ensure_ray()
     train_ds, n_train, train_fp = _as_dataset(train_samples, "train_samples")
-    valid_ds, n_valid, valid_fp = _as_dataset(valid_samples, "valid_samples")
+    valid_ds, n_valid, valid_fp = _as_dataset(
+        valid_samples, "valid_samples", limit=cfg.max_valid_samples
+    )
     min_workers = cfg.min_workers or cfg.num_workers
     if min(n_train, n_valid) < cfg.num_workers:
         raise ValueError(

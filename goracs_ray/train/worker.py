@@ -7,7 +7,8 @@ optimiser state and early-stopping state, so training resumes at the next epoch.
 
 Checkpoint layout (one directory per epoch, merged from all workers' uploads):
 ``adapter/`` (this epoch's LoRA), ``best_adapter/`` (lowest validation loss so far),
-``state.json`` (epoch, early stopping, history), ``optimizer.pt`` (plain DDP) or ``ds/`` (DeepSpeed
+``state.json`` (epoch, early stopping, history), ``optimizer.pt`` + ``scheduler.pt`` (plain DDP,
+the latter with warm-up) or ``ds/`` (DeepSpeed
 engine checkpoint, frozen weights excluded, one optimiser shard per rank).
 """
 
@@ -33,6 +34,7 @@ from goracs_ray.train.core import (
     eval_loss,
     global_mean,
     train_epoch,
+    warmup_schedule,
     write_adapter,
 )
 from goracs_ray.train.ds_config import deepspeed_config
@@ -65,12 +67,22 @@ class FaultInjection:
             os._exit(1)
 
 
-def _batches(shard, tokenizer, *, batch_size: int, max_length: int, device, seed: int | None):
+def _batches(
+    shard,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_length: int,
+    device,
+    seed: int | None,
+    train_on_inputs: bool = False,
+):
     shuffle = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": seed}
     for rows in shard.iter_batches(
         batch_size=batch_size, batch_format="numpy", **(shuffle if seed is not None else {})
     ):
-        yield {k: v.to(device) for k, v in collate(tokenizer, rows, max_length=max_length).items()}
+        batch = collate(tokenizer, rows, max_length=max_length, train_on_inputs=train_on_inputs)
+        yield {k: v.to(device) for k, v in batch.items()}
 
 
 def _lora_state(model) -> dict[str, torch.Tensor]:
@@ -95,6 +107,7 @@ def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None):
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
     bf16 = cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     ds_cfg = deepspeed_config(
         cfg.deepspeed_setting,
@@ -107,8 +120,15 @@ def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None):
         wrapped = ray.train.torch.prepare_model(model)
         if ckpt_dir is not None:
             optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+            if scheduler is not None:
+                state = torch.load(ckpt_dir / "scheduler.pt", weights_only=True)
+                scheduler.load_state_dict(state)
         stepper = TorchStepper(
-            wrapped, optimizer, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip
+            wrapped,
+            optimizer,
+            grad_accum=cfg.grad_accum,
+            grad_clip=cfg.grad_clip,
+            scheduler=scheduler,
         )
         return stepper, ds_cfg
     import deepspeed
@@ -117,7 +137,11 @@ def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None):
         # The shm all-reduce op would be JIT-compiled (minutes) on CPU; gloo does the job.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(
-        model=model.to(device), optimizer=optimizer, config=ds_cfg, dist_init_required=False
+        model=model.to(device),
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_cfg,
+        dist_init_required=False,
     )
     if ckpt_dir is not None:
         engine.load_checkpoint(str(ckpt_dir / _DS_TAG), tag=_DS_TAG, load_module_strict=False)
@@ -156,6 +180,8 @@ def _save_checkpoint(
         write_adapter(peft_config, best, tmp / "best_adapter")
     if ds_cfg is None:
         torch.save(stepper.optimizer.state_dict(), tmp / "optimizer.pt")
+        if stepper.scheduler is not None:
+            torch.save(stepper.scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "state.json").write_text(stopper.to_json())
 
 
@@ -184,6 +210,7 @@ class _Worker:
             max_length=cfg.max_length,
             device=self.device,
             seed=cfg.seed + epoch,
+            train_on_inputs=cfg.train_on_inputs,
         )
         on_step = None
         if fault is not None:
@@ -219,7 +246,12 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # identical LoRA init on every worker
-    model, tokenizer = load_causal_lm(config["model_path"], lora=cfg.lora)
+    model, tokenizer = load_causal_lm(
+        config["model_path"],
+        lora=cfg.lora,
+        adapter_path=cfg.adapter_path,
+        attn_implementation="sdpa",  # 1.7x eager's training speed on CPU (tiny LLaMA, measured)
+    )
     stopper, best = EarlyStopping(cfg.patience), None
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt:

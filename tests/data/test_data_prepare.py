@@ -220,3 +220,25 @@ def test_split_sizes_rules():
         split_sizes(10, 5, 5)
     with pytest.raises(ValueError, match="`test_size`"):
         DataConfig(test_size=1.5)
+
+
+def test_item_descriptions_hold_year_and_genres_only(tmp_path):
+    """ml-100k-style item columns become the catalog text of the tiny base model."""
+    from goracs_ray.data.config import ColumnMap
+    from goracs_ray.data.sources import item_descriptions
+
+    items = pd.DataFrame(
+        {
+            "item_id": ["1", "2", "3"],
+            "movie_title": ["Toy Story", "Heat", "Fargo"],
+            "release_year": ["1995", "", "1996"],
+            "class": ["Animation Comedy", "Action", ""],
+        }
+    )
+    titles = pd.Series(["Toy Story", "Heat", "Fargo"], index=["1", "2", "3"])
+    cols = ColumnMap(title="movie_title", year="release_year", genres="class")
+    text = item_descriptions(items, tmp_path / "x.item", cols, titles)
+    assert text.tolist() == ["Toy Story (1995), Animation Comedy", "Heat, Action", "Fargo (1996)"]
+    assert item_descriptions(items, tmp_path / "x.item", ColumnMap(), titles) is None
+    with pytest.raises(ValueError, match="source.columns.genres"):
+        item_descriptions(items, tmp_path / "x.item", ColumnMap(genres="genre"), titles)

@@ -22,7 +22,8 @@ def eval_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_data")
     titles = synthetic_titles(N_ITEMS, seed=0)
     items = pa.table(
-        {"item_id": [str(i) for i in range(N_ITEMS)], "title": titles}, schema=ITEM_SCHEMA
+        {"item_id": [str(i) for i in range(N_ITEMS)], "title": titles, "description": titles},
+        schema=ITEM_SCHEMA,
     )
     pq.write_table(items, root / "items.parquet")
     seq = synthetic_samples(6, task="seqrec", split="test", seed=0, n_items=N_ITEMS)

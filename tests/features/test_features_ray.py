@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from goracs_ray.data.schema import ITEM_SCHEMA
 from goracs_ray.features.actors import compute_features
 from goracs_ray.features.compute import FeatureComputer
 from goracs_ray.features.config import FeaturesConfig
@@ -20,8 +21,19 @@ from goracs_ray.models.synthetic import synthetic_samples
 @pytest.fixture(scope="module")
 def samples_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("samples")
-    pq.write_table(synthetic_samples(460, split="train", seed=0), out / "train.parquet")
-    pq.write_table(synthetic_samples(60, split="valid", seed=1), out / "valid.parquet")
+    train = synthetic_samples(460, split="train", seed=0)
+    valid = synthetic_samples(60, split="valid", seed=1)
+    pq.write_table(train, out / "train.parquet")
+    pq.write_table(valid, out / "valid.parquet")
+    items = {}
+    for table in (train, valid):
+        for row in table.select(["target_item", "target_title"]).to_pylist():
+            items[row["target_item"]] = row["target_title"]
+    catalog = pa.table(
+        {"item_id": list(items), "title": list(items.values()), "description": [None] * len(items)},
+        schema=ITEM_SCHEMA,
+    )
+    pq.write_table(catalog, out / "items.parquet")
     return out
 
 
@@ -122,8 +134,15 @@ def test_cli_model_tiny_then_features(ray_local, tmp_path, samples_dir):
     from goracs_ray.cli import main
 
     assert (
-        main(["model", "tiny", "--texts-from", str(samples_dir), "--out", str(tmp_path / "m")]) == 0
+        main(
+            ["model", "tiny", "--samples", str(samples_dir), "--out", str(tmp_path / "m")]
+            + ["--pretrain-steps", "100"]
+        )
+        == 0
     )
+    record = read_json(tmp_path / "m" / "pretraining.json")
+    assert record["documents"] == pq.read_metadata(samples_dir / "items.parquet").num_rows
+    assert 0 < record["steps"] <= 100
     args = ["features", "--samples", str(samples_dir), "--out", str(tmp_path / "f")]
     sets = ["splits=[valid]", "rows_per_shard=30", "min_actors=1", "max_actors=1"]
     sets += ["actor_cpus=0.5", f"model_path={tmp_path / 'm'}", "grad_target=all_lora"]

@@ -80,3 +80,68 @@ def test_answers_stay_single_tokens_on_a_large_corpus_without_them():
     tokenizer = _train_tokenizer(texts, 1024)
     for text in ("Yes", "No", " Yes", " No"):
         assert len(tokenizer.encode(text, add_special_tokens=False)) == 1, text
+
+
+def _prepared_catalog(root, n_items=40, n_train=120):
+    """A samples dir as `goracs prepare` writes it: train.parquet + items.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from goracs_ray.data.schema import ITEM_SCHEMA
+    from goracs_ray.models.synthetic import synthetic_samples, synthetic_titles
+
+    train = synthetic_samples(n_train, split="train", seed=0, n_items=n_items)
+    pq.write_table(train, root / "train.parquet")
+    titles = synthetic_titles(n_items, seed=0)
+    items = pa.table(
+        {
+            "item_id": [str(i) for i in range(n_items)],
+            "title": titles,
+            "description": [f"{t}, Drama Comedy" if i % 2 else None for i, t in enumerate(titles)],
+        },
+        schema=ITEM_SCHEMA,
+    )
+    pq.write_table(items, root / "items.parquet")
+    return train, items
+
+
+def test_catalog_model_is_pretrained_on_item_text_only(tmp_path):
+    """The base model knows the catalog, never the users: no training prompt, history or answer
+    is in its pretraining corpus, which is recorded in the model dir with its size."""
+    import json
+
+    from goracs_ray.data.prompts import format_prompt
+    from goracs_ray.models.tiny import CORPUS_FILE, RECORD_FILE, build_catalog_model
+
+    train, items = _prepared_catalog(tmp_path)
+    out = build_catalog_model(
+        tmp_path, tmp_path / "m", vocab_size=400, hidden_size=32, num_layers=1, num_heads=2,
+        pretrain_steps=400,
+    )  # fmt: skip
+    corpus = (out / CORPUS_FILE).read_text().splitlines()
+    titles = items.column("title").to_pylist()
+    described = items.column("description").to_pylist()
+    assert corpus == [d or t for d, t in zip(described, titles)]  # one document per item
+    text = "\n".join(corpus)
+    for row in train.to_pylist():
+        assert format_prompt(row["instruction"], row["input"]) not in text
+        assert row["input"] not in text
+        assert row["output"] not in text
+        assert row["instruction"] not in text
+    # No interaction sequence: histories and answers are quoted titles; the corpus has none.
+    assert '"' not in text
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["documents"] == len(titles)
+    assert record["tokens"] > len(titles)
+    assert 0 < record["steps"] <= 400
+    assert record["stopped"] in ("plateau", "max_steps")
+    losses = [h["corpus_loss"] for h in record["history"]]
+    assert record["best_corpus_loss"] == min(losses) < losses[0]
+
+
+def test_catalog_model_needs_the_catalog(tmp_path):
+    from goracs_ray.models.tiny import build_catalog_model
+
+    with pytest.raises(FileNotFoundError, match="items.parquet.*goracs prepare"):
+        build_catalog_model(tmp_path, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
