@@ -143,3 +143,33 @@ def test_verdicts_respect_lower_is_better_metrics():
     assert verdict(Interval("auc", 0.01, nan, nan, 0, 3)) == "n/a"
     line = describe("goracs", "random", delta("ndcg@10", 0.01, 0.03))
     assert line == "goracs − random (ndcg@10): +0.0200 [+0.0100, +0.0300] (n=100 × 3 seeds): better"
+
+
+def test_run_report_shows_the_headline_ci_and_a_paired_line_per_method(tmp_path):
+    from goracs_ray.io import write_parquet
+    from goracs_ray.report import ArmResult, write_report
+
+    rng = np.random.default_rng(6)
+    hard = rng.integers(0, 30, 200)
+    arms = []
+    for method, rank in (("goracs", np.maximum(hard - 8, 0)), ("random", hard), ("grand", hard)):
+        path = tmp_path / method / "predictions.parquet"
+        write_parquet(path, pa.table({"sample_id": _ids(200), "rank": rank}))
+        ndcg = metrics.ndcg_at_k(rank, 10)
+        times = {"select": 1.0, "finetune": 2.0, "evaluate": 3.0}
+        arms.append(ArmResult(method, 16, 0, {"ndcg@10": ndcg}, times, predictions=str(path)))
+    arms.append(ArmResult("old", 16, 0, {"ndcg@10": 0.1}, {}))  # no predictions: no CI
+    text = write_report(tmp_path, arms, title="t").read_text()
+    assert "| method | budget | seed | n | ndcg@10 [95 % CI] | ndcg@10 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| goracs |"))
+    table = pa.table({"sample_id": _ids(200), "rank": np.maximum(hard - 8, 0)})
+    expected = bootstrap_ci({0: sample_values(table, "ndcg@10")}).format()
+    assert row.startswith(f"| goracs | 16 | 0 | 200 | {expected} | ")
+    assert "| old | 16 | 0 | – | – | 0.1000 |" in text
+    lines = [line for line in text.splitlines() if " − random (ndcg@10)" in line]
+    assert lines[0].startswith("- goracs − random (ndcg@10): +0.")
+    assert lines[0].endswith("(n=200, 1 seed: over test samples only): better")
+    assert lines[1].endswith("(n=200, 1 seed: over test samples only): no difference")
+    diff = 0.1 - metrics.ndcg_at_k(hard, 10)
+    assert lines[2] == f"- old − random (ndcg@10): {diff:+.4f} (no CI: no per-sample predictions)"
+    assert (tmp_path / "metrics.png").stat().st_size > 0
