@@ -12,7 +12,7 @@ Layout of ``run_dir``::
     features/                   features Parquet shards + manifest
     select/<method>/            coreset.parquet, coreset_samples.parquet, selection_trace.json
     finetune/<method>/adapter/  peft adapter
-    evaluate/<method>/          metrics.json
+    evaluate/<method>/          metrics.json, predictions.parquet (per-sample values behind CIs)
     config.yaml  manifest.json  report.md  poo.png  metrics.png
 """
 
@@ -327,10 +327,20 @@ def _arm_result(arm: Arm, ft_dir: Path, ev_dir: Path, sel_dir: Path) -> ArmResul
         for k, v in metrics.items()
         if k not in _NOT_METRICS and isinstance(v, (int, float))
     }
+    train = read_json(ft_dir / "train_metrics.json")
+    if isinstance(train.get("best_valid_loss"), (int, float)):
+        numeric["valid_loss"] = float(train["best_valid_loss"])
     seconds = {"finetune": _stage_seconds(ft_dir), "evaluate": _stage_seconds(ev_dir)}
+    predictions = str(ev_dir / "predictions.parquet")
     if arm.select is None:
-        n_train = int(read_json(ft_dir / "train_metrics.json")["n_train"])
-        return ArmResult(arm.name, n_train, arm.train_seed, numeric, {"select": 0.0, **seconds})
+        return ArmResult(
+            arm.name,
+            int(train["n_train"]),
+            arm.train_seed,
+            numeric,
+            {"select": 0.0, **seconds},
+            predictions=predictions,
+        )
     trace = read_json(sel_dir / "selection_trace.json")
     parts = trace.get("info", {}).get("parts", [])
     return ArmResult(
@@ -341,6 +351,7 @@ def _arm_result(arm: Arm, ft_dir: Path, ev_dir: Path, sel_dir: Path) -> ArmResul
         seconds={"select": float(trace["seconds"]), **seconds},
         # One trace per class part (label-enhanced); the report plots the single-part case.
         poo_trace=parts[0]["poo_trace"] if len(parts) == 1 else [],
+        predictions=predictions,
     )
 
 

@@ -112,6 +112,7 @@ RAY_FREE_MODULES = [
     "goracs_ray.configutil",
     "goracs_ray.io",
     "goracs_ray.report",
+    "goracs_ray.stats",
     "goracs_ray.bench.config",
     "goracs_ray.bench.results",
     "goracs_ray.stages",

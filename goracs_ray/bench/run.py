@@ -5,7 +5,7 @@ Layout of ``run_dir`` (shared stages as in ``goracs run``)::
     prepare/ model/ features/                 shared by every arm
     select/<method>/b<budget>-s<seed>/        coreset of one arm
     finetune/<method>/b<budget>-s<seed>/      adapter (full data: finetune/full_data/s<seed>/)
-    evaluate/<method>/b<budget>-s<seed>/      metrics.json
+    evaluate/<method>/b<budget>-s<seed>/      metrics.json, predictions.parquet
     results.parquet  results.md  metric_vs_budget.png  time.png  manifest.json  config.yaml
 """
 
@@ -27,7 +27,14 @@ from goracs_ray.bench.config import (
     BenchConfig,
     MethodSpec,
 )
-from goracs_ray.bench.results import headline_metric, results_table, write_results
+from goracs_ray.bench.results import (
+    Headroom,
+    headline_metric,
+    headroom,
+    log_headroom,
+    results_table,
+    write_results,
+)
 from goracs_ray.io import read_json
 from goracs_ray.pipeline import (
     Arm,
@@ -55,9 +62,11 @@ class BenchResult:
     table: pa.Table
     """One row per arm (``results.parquet``): method, budget, seed, metrics, stage seconds."""
     results_md: Path
-    """``results.md``: mean ± std per method and budget, best in bold."""
+    """``results.md``: headroom, mean [95 % CI] per method and budget, paired Δ to random."""
     seconds: float
     """Wall time of this invocation (cached stages cost ≈ 0)."""
+    headroom: Headroom | None = None
+    """``random`` per budget against full data on the headline metric (None without random)."""
 
 
 def bench_arms(cfg: BenchConfig) -> list[Arm]:
@@ -154,9 +163,11 @@ def run_bench(
     card = read_json(inputs.samples_dir / "dataset_card.json")
     metric = cfg.bench.metric or headline_metric(cfg.data.task.value)
     results_md = write_results(run_dir, table, metric=metric, notes=_notes(cfg, card, n_train))
+    room = headroom(table, metric)
+    log_headroom(room)
     seconds = time.perf_counter() - started
     write_manifest(cfg, run_dir, graph.records, seconds)
-    return BenchResult(run_dir, table, results_md, seconds)
+    return BenchResult(run_dir, table, results_md, seconds, room)
 
 
 def _dry_run(cfg: BenchConfig, inputs: Inputs, arms: list[Arm], rows: int = 64) -> None:

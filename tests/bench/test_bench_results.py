@@ -1,12 +1,26 @@
-"""`goracs bench` results: table, mean ± std, bold best, paired comparison to random, config."""
+"""`goracs bench` results: table, CIs, bold best, headroom, paired comparison to random, config."""
 
 from __future__ import annotations
 
+import logging
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from goracs_ray.bench.config import load_bench_config
-from goracs_ray.bench.results import results_markdown, results_table, write_results
+from goracs_ray.bench.results import (
+    against_random,
+    headroom,
+    log_headroom,
+    results_markdown,
+    results_table,
+    write_results,
+)
+from goracs_ray.io import write_parquet
 from goracs_ray.report import ArmResult
 
 _NDCG = {  # method → ndcg@10 per seed 0, 1, 2
@@ -45,17 +59,20 @@ def test_table_has_one_row_per_arm_with_metrics_and_times():
     assert table.num_rows == 12
     assert table.column_names == [
         "method", "budget", "seed", "hr@10", "log_loss", "ndcg@10",
-        "select_s", "finetune_s", "evaluate_s",
+        "select_s", "finetune_s", "evaluate_s", "predictions",
     ]  # fmt: skip
+    assert table.column("predictions").null_count == 12  # hand-made arms: no predictions
     assert table.column("finetune_s").to_pylist()[:3] == [40.0, 41.0, 42.0]
 
 
-def test_markdown_gives_mean_std_bolds_the_strict_winner_and_keeps_full_data_apart():
+def test_markdown_without_predictions_falls_back_to_mean_std_and_bolds_the_strict_winner():
     text = results_markdown(results_table(_arms()), metric="ndcg@10", title="t")
     header = _row(text, "method")
+    assert header[:3] == ["method", "seeds", "n"]
     random, goracs, grand = _row(text, "random"), _row(text, "goracs"), _row(text, "grand")
     col = header.index("ndcg@10")
-    assert random[col] == "0.1200 ± 0.0200"
+    assert random[col] == "0.1200 ± 0.0200"  # no per-sample values (old runs): no CI
+    assert random[header.index("n")] == "–"
     assert goracs[col] == "**0.1600 ± 0.0100**"  # best mean among selection methods
     assert grand[col] == "0.1500 ± 0.1323"
     assert "**" not in random[header.index("hr@10")]  # a tie is not bolded
@@ -65,20 +82,121 @@ def test_markdown_gives_mean_std_bolds_the_strict_winner_and_keeps_full_data_apa
     assert "**" not in " ".join(full)
     # lower-is-better metrics: the smallest mean wins (all equal here → no bold)
     assert all("**" not in r[header.index("log_loss")] for r in (random, goracs, grand))
+    assert "not a significance claim" in text
 
 
-def test_against_random_is_paired_by_seed_and_judged_against_the_seed_spread():
+def test_against_random_without_predictions_is_paired_by_seed_with_no_verdict():
     text = results_markdown(results_table(_arms()), metric="ndcg@10", title="t")
     section = text[text.index("## Against random") :]
-    goracs, grand = _row(section, "goracs"), _row(section, "grand")
-    # goracs − random = +0.05, +0.04, +0.03: mean +0.04, std 0.01; spread max(0.01, 0.02)
-    assert goracs[2:] == ["+0.0400", "0.0100", "3/3", "yes, better"]
-    # grand − random = −0.05, +0.18, −0.04: mean +0.03 < grand's own spread 0.13
-    assert grand[2:5] == ["+0.0300", "0.1300", "1/3"]
-    assert grand[5] == "no"
+    # goracs − random = +0.05, +0.04, +0.03; grand − random = −0.05, +0.18, −0.04
+    no_ci = ["–", "– × 3", "n/a (no per-sample predictions)"]
+    assert _row(section, "goracs")[1:] == ["1024", "+0.0400", *no_ci]
+    assert _row(section, "grand")[1:] == ["1024", "+0.0300", *no_ci]
     assert "| random |" not in section
     # the headroom: full data − random = +0.10, +0.08, +0.06
-    assert _row(section, "full_data")[1:] == ["1024", "+0.0800", "0.0200", "3/3", "yes, better"]
+    assert _row(section, "full_data")[1:] == ["1024", "+0.0800", *no_ci]
+    assert "**No headroom" not in text  # unknown without a CI: no warning
+
+
+_N = 300  # test samples of the synthetic predictions
+
+
+def _prediction_arms(tmp_path, full_shift: int) -> list[ArmResult]:
+    """random / goracs (ranks 6 better on every sample) / grand (random's ranks, re-drawn per
+    sample at the same distribution) at budgets 64 and 256, seeds 0–2, with predictions files
+    whose rows are shuffled per arm; full data = random@64's ranks − ``full_shift``."""
+    rng = np.random.default_rng(0)
+    ids = np.array([f"t{i:04d}" for i in range(_N)], dtype=object)
+    hard = rng.integers(0, 40, _N)  # per-sample difficulty shared by every arm
+    arms = []
+
+    def arm(method, budget, seed, rank):
+        order = rng.permutation(_N)
+        path = tmp_path / "evaluate" / method / f"b{budget}-s{seed}" / "predictions.parquet"
+        write_parquet(path, pa.table({"sample_id": ids[order], "rank": rank[order]}))
+        ndcg = float(np.where(rank < 10, 1 / np.log2(rank + 2.0), 0.0).mean())
+        metrics = {"ndcg@10": ndcg, "hr@10": float((rank < 10).mean()), "valid_loss": 2.0}
+        times = {"select": 1.0, "finetune": 10.0}
+        arms.append(ArmResult(method, budget, seed, metrics, times, predictions=str(path)))
+
+    for budget in (64, 256):
+        for seed in range(3):
+            base = hard + rng.integers(0, 3, _N)
+            arm("random", budget, seed, base)
+            arm("goracs", budget, seed, np.maximum(base - 6, 0))
+            arm("grand", budget, seed, hard + rng.integers(0, 3, _N))
+            if budget == 64:
+                arm("full_data", 4096, seed, np.maximum(base - full_shift, 0))
+    return arms
+
+
+def test_markdown_with_predictions_shows_cis_n_and_verdicts(tmp_path):
+    table = results_table(_prediction_arms(tmp_path, full_shift=6))
+    write_results(tmp_path, table, metric="ndcg@10")
+    text = (tmp_path / "results.md").read_text()
+    header = _row(text, "method")
+    goracs = _row(text, "goracs")
+    assert goracs[header.index("seeds")] == "3"
+    assert goracs[header.index("n")] == str(_N)
+    ci = goracs[header.index("ndcg@10")].strip("*")
+    found = re.fullmatch(r"(0\.\d{4}) \[(0\.\d{4}), (0\.\d{4})\]", ci)
+    mean, low, high = (float(x) for x in found.groups())
+    assert low < mean < high
+    assert goracs[header.index("valid_loss")] == "2.0000 ± 0.0000"  # no per-sample values
+    section = text[text.index("## Against random") :]
+    row = _row(section, "goracs")
+    assert row[1] == "64"
+    assert row[4] == f"{_N} × 3"
+    assert row[5] == "better"
+    assert _row(section, "grand")[5] == "no difference"
+    # relative paths in results.parquet, resolved against the run dir when read back
+    stored = pq.read_table(tmp_path / "results.parquet").column("predictions").to_pylist()
+    assert stored[0] == "evaluate/random/b64-s0/predictions.parquet"
+    again = results_markdown(pq.read_table(tmp_path / "results.parquet"), metric="ndcg@10",
+                             title="t", root=tmp_path)  # fmt: skip
+    assert again.split("\n", 2)[2] == text.split("\n", 2)[2]
+    # text order: headroom first, then the budget tables, then the comparison
+    assert text.index("## Headroom") < text.index("## Budget 64") < text.index("## Against")
+
+
+def test_headroom_present_and_the_budget_step(tmp_path):
+    table = results_table(_prediction_arms(tmp_path, full_shift=6))
+    room = headroom(table, "ndcg@10")
+    assert sorted(room.random) == [64, 256]
+    assert room.full_data.n_seeds == 3
+    assert room.absent == []
+    lines = room.lines()
+    assert lines[0].startswith("- headroom: full_data − random@64 = +0.")
+    assert lines[0].endswith(f"(n={_N} × 3 seeds): present")
+    assert lines[2].startswith("- random@256 − random@64 = ")
+    assert lines[2].endswith("ndcg@10 no difference with the budget")
+    text = results_markdown(table, metric="ndcg@10", title="t")
+    assert "| random@64 | 64 | 3 | 300 |" in text
+    assert "| full_data | 4096 | 3 | 300 |" in text
+    assert "**No headroom" not in text
+    assert against_random(table, "ndcg@10")["full_data", 64].low > 0
+
+
+def test_no_headroom_is_warned_in_results_md_and_logged(tmp_path, caplog):
+    table = results_table(_prediction_arms(tmp_path, full_shift=0))  # full data = random
+    text = results_markdown(table, metric="ndcg@10", title="t")
+    assert "**No headroom at budget 64**: full_data − random@64 = +0.0000" in text
+    assert "no selection method can show a gain here" in text
+    assert "**No headroom at budget 256**" in text
+    room = headroom(table, "ndcg@10")
+    assert room.absent == [64, 256]
+    assert room.lines()[0].endswith("absent (no difference)")
+    with caplog.at_level(logging.WARNING, logger="goracs_ray.bench.results"):
+        log_headroom(room)
+    assert sum("no headroom at budget" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_mismatched_test_samples_between_paired_arms_are_refused(tmp_path):
+    arms = _prediction_arms(tmp_path, full_shift=6)
+    path = arms[1].predictions  # goracs b64 s0
+    write_parquet(path, pq.read_table(path).slice(1))
+    with pytest.raises(ValueError, match="cannot pair `ndcg@10` by `sample_id`"):
+        results_markdown(results_table(arms), metric="ndcg@10", title="t")
 
 
 def test_write_results_writes_parquet_markdown_plots_and_rejects_an_unknown_metric(tmp_path):

@@ -62,10 +62,17 @@ def test_bench_runs_every_arm_and_writes_results(first_run):
     }
     assert ids["goracs_greedy", 0] == ids["goracs_greedy", 1]
     assert ids["random", 0] != ids["random", 1]
+    assert table.predictions.notna().all()  # relative to the run dir, resolved when read
+    assert (run_dir / table.predictions.iloc[0]).is_file()
+    assert table.valid_loss.notna().all()  # the fine-tune's best validation loss
     text = (run_dir / "results.md").read_text()
-    assert "## Budget 16: mean ± std over seeds" in text
-    assert "| full_data (96 samples, reference) | 2 |" in text
+    assert "## Headroom: does more training data help? (ndcg@10)" in text
+    assert "- headroom: full_data − random@16 = " in text
+    assert "## Budget 16: mean [95 % CI] over seeds and test samples" in text
+    assert "| full_data (96 samples, reference) | 2 | 4 |" in text  # 2 seeds × 4 test samples
+    assert "| goracs_greedy | 2 | 4 |" in text
     assert "| goracs_greedy | 16 |" in text  # the paired comparison with random
+    assert " | 4 × 2 | " in text[text.index("## Against random") :]
     assert (run_dir / "metric_vs_budget.png").is_file()
     assert (run_dir / "time.png").is_file()
     stages = [s["name"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]]
