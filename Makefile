@@ -23,7 +23,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
-	$(PY) -m goracs_ray.cli run jobs/configs/demo_ml100k.yaml
+	$(PY) -m goracs_ray.cli bench jobs/configs/demo_ml100k.yaml
 
 demo-select: venv
 	$(PY) -m goracs_ray.demo

@@ -64,7 +64,8 @@ class MethodSpec:
         if not self.name or "/" in self.name or self.name in (FULL_DATA, POO_RANDOM):
             raise ValueError(
                 f"`bench.methods` name {self.name!r} must be non-empty, without '/', and not "
-                f"{FULL_DATA!r} or {POO_RANDOM!r} (reserved rows)"
+                f"{FULL_DATA!r} (reserved for the full-data row) or {POO_RANDOM!r} (the POO "
+                "study's random coresets)"
             )
         self.method = self.method or self.name
 

@@ -373,10 +373,12 @@ def results_markdown(
     title: str,
     notes: Sequence[str] = (),
     root: Path | None = None,
+    sections: Sequence[str] = (),
 ) -> str:
     """``results.md``: the headroom section, one table per budget (key metrics with 95 % CIs,
     best mean in bold, full data as reference), the paired comparison against random on
-    ``metric``, and the plots. ``root``: base of relative ``predictions`` paths."""
+    ``metric``, further ``sections`` (markdown lines, e.g. the POO premise), and the plots.
+    ``root``: base of relative ``predictions`` paths."""
     frame = table.to_pandas()
     chosen, full = _split(frame)
     lines = [f"# {title}", "", *notes, ""]
@@ -388,6 +390,8 @@ def results_markdown(
     comparison = _against_random(frame, metric, root)
     if comparison:
         lines += [*comparison, ""]
+    if sections:
+        lines += [*sections, ""]
     lines += ["![metric vs budget](metric_vs_budget.png)", "", "![time](time.png)", ""]
     return "\n".join(lines)
 
@@ -482,7 +486,12 @@ def _relative(table: pa.Table, root: Path) -> pa.Table:
 
 
 def write_results(
-    out_dir: Path, table: pa.Table, *, metric: str, notes: Sequence[str] = ()
+    out_dir: Path,
+    table: pa.Table,
+    *,
+    metric: str,
+    notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``results.parquet`` (predictions paths relative to ``out_dir``), ``results.md``,
     ``metric_vs_budget.png`` and ``time.png``; log a warning per budget without headroom."""
@@ -497,7 +506,12 @@ def write_results(
     cis = method_intervals(stored, metric, root=out_dir)
     _plot(stored.to_pandas(), metric, out_dir, cis)
     text = results_markdown(
-        stored, metric=metric, title=f"goracs bench: {out_dir.name}", notes=notes, root=out_dir
+        stored,
+        metric=metric,
+        title=f"goracs bench: {out_dir.name}",
+        notes=notes,
+        root=out_dir,
+        sections=sections,
     )
     with atomic_file(out_dir / "results.md") as part:
         part.write_text(text)

@@ -159,15 +159,31 @@ def run_bench(
                 bar.update(1)
     bar.close()
     done_arms = [r for r in results if r is not None]
-    table = results_table(done_arms)
     card = read_json(inputs.samples_dir / "dataset_card.json")
     metric = cfg.bench.metric or headline_metric(cfg.data.task.value)
-    results_md = write_results(run_dir, table, metric=metric, notes=_notes(cfg, card, n_train))
+    sections = _premise(cfg, inputs, results_table(done_arms), run_dir, metric)
+    table = results_table([r for r in done_arms if r.method != POO_RANDOM])
+    results_md = write_results(
+        run_dir, table, metric=metric, notes=_notes(cfg, card, n_train), sections=sections
+    )
     room = headroom(table, metric)
     log_headroom(room)
     seconds = time.perf_counter() - started
     write_manifest(cfg, run_dir, graph.records, seconds)
     return BenchResult(run_dir, table, results_md, seconds, room)
+
+
+def _premise(cfg: BenchConfig, inputs: Inputs, table, run_dir: Path, metric: str) -> list[str]:
+    """The POO-correlation section (``bench.poo_correlation``), else nothing."""
+    if cfg.bench.poo_correlation is None:
+        return []
+    from goracs_ray.bench.premise import premise_lines, premise_table
+    from goracs_ray.select.inputs import load_feature_table
+
+    features = load_feature_table(inputs.features_dir, samples_dir=inputs.samples_dir)
+    budget, lam = cfg.bench.poo_budget, cfg.select.lam
+    rows = premise_table(table, features, budget=budget, lam=lam, run_dir=run_dir)
+    return premise_lines(rows, metric, budget=budget, lam=lam)
 
 
 def _dry_run(cfg: BenchConfig, inputs: Inputs, arms: list[Arm], rows: int = 64) -> None:
@@ -201,10 +217,13 @@ def _dry_run(cfg: BenchConfig, inputs: Inputs, arms: list[Arm], rows: int = 64) 
 def _notes(cfg: BenchConfig, card: dict, n_train: int) -> list[str]:
     counts = ", ".join(f"{k} {v['samples']}" for k, v in card["splits"].items())
     tested = cfg.eval.max_samples or card["splits"]["test"]["samples"]
-    model = cfg.model.path or "tiny LLaMA built from the catalog"
+    model = cfg.model.path or "tiny LLaMA pretrained on the catalog (item text only)"
+    lora = f"r {cfg.train.lora.r}, {', '.join(cfg.train.lora.target_modules)}"
+    stopping = f" with early stopping (patience {cfg.train.patience})" if cfg.train.patience else ""
     lines = [
         f"- data: `{cfg.data.source.kind.value}` `{cfg.data.task.value}`; samples: {counts}",
-        f"- model: {model}; LoRA fine-tuning {cfg.train.epochs} epoch(s), lr {cfg.train.lr}",
+        f"- model: {model}; LoRA ({lora}) fine-tuning, at most {cfg.train.epochs} epoch(s)"
+        f"{stopping}, lr {cfg.train.lr}",
         f"- seeds: {cfg.bench.seeds} (selection and fine-tuning); test samples evaluated: {tested}",
         f"- GORACS: λ = {cfg.select.lam}, max_iters {cfg.select.max_iters}, "
         f"estimator {cfg.select.estimator.value}",

@@ -150,6 +150,8 @@ def test_deepspeed_auto_is_stage_2_on_gpu_only():
         ({"deepspeed": 4}, "train.deepspeed"),
         ({"patience": 0}, "train.patience"),
         ({"lr": 0.0}, "train.lr"),
+        ({"warmup_steps": -1}, "train.warmup_steps"),
+        ({"max_valid_samples": 0}, "train.max_valid_samples"),
     ],
 )
 def test_train_config_rejects_bad_values(kw, field):
@@ -206,3 +208,90 @@ def test_train_config_from_yaml_section(tmp_path):
     )
     with pytest.raises(ValueError, match=r"train\.lora\.rank"):
         from_dict(TrainConfig, {"lora": {"rank": 2}}, where="train")
+
+
+def test_finetune_from_an_adapter_with_warmup_all_linear_and_capped_validation(
+    ray_local, tmp_path, train_data, train_model_dir
+):
+    """A second fine-tune starts from the first one's adapter (all-linear LoRA, as the reference
+    starts from an instruction-tuned adapter), with warm-up and a capped validation set."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    train, valid = train_data["seqrec"]
+    kw = dict(model_path=train_model_dir, train_samples=train, valid_samples=valid, task="seqrec")
+    lora = LoraSettings(r=4, alpha=8, target_modules=["all-linear"])
+    first = finetune(
+        _cfg(tmp_path, num_workers=1, lora=lora, warmup_steps=3, max_valid_samples=2),
+        out_dir=tmp_path / "a",
+        **kw,
+    )
+    metrics = read_json(tmp_path / "a" / "train_metrics.json")
+    assert metrics["n_valid"] == 2
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(train_model_dir), first)
+    targets = {t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets
+    assert "lm_head" not in targets
+    start = load_file(str(first / "adapter_model.safetensors"))
+    second = finetune(
+        _cfg(tmp_path, num_workers=1, adapter_path=str(first), lr=1e-9),
+        out_dir=tmp_path / "b",
+        **kw,
+    )
+    after = load_file(str(second / "adapter_model.safetensors"))
+    assert set(after) == set(start)  # the given adapter's modules, not a fresh q/v one
+    for name, value in start.items():  # a tiny lr: the result stays at the starting adapter
+        np.testing.assert_allclose(after[name], value, atol=1e-5)
+
+
+def test_warmup_schedule_is_linear_then_constant():
+    import torch
+
+    from goracs_ray.train.core import warmup_schedule
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=1.0)
+    sched = warmup_schedule(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert warmup_schedule(opt, 0) is None
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_train_on_inputs_puts_the_loss_on_the_prompt(train_model_dir, flag):
+    from transformers import AutoTokenizer
+
+    from goracs_ray.models.losses import IGNORE_INDEX
+    from goracs_ray.models.synthetic import synthetic_samples
+    from goracs_ray.train.core import collate
+
+    tok = AutoTokenizer.from_pretrained(train_model_dir)
+    rows = synthetic_samples(3, seed=0).to_pydict()
+    batch = collate(tok, rows, max_length=128, train_on_inputs=flag)
+    answer = collate(tok, rows, max_length=128)
+    labelled = (batch["labels"] != IGNORE_INDEX).sum(dim=1)
+    answer_only = (answer["labels"] != IGNORE_INDEX).sum(dim=1)
+    tokens = batch["attention_mask"].sum(dim=1)
+    if flag:  # every token but bos
+        assert labelled.tolist() == (tokens - 1).tolist()
+    else:
+        assert labelled.tolist() == answer_only.tolist()
+    assert (answer_only < tokens - 1).all()
+
+
+def test_train_on_inputs_is_seqrec_only(ray_local, tmp_path, train_data, train_model_dir):
+    train, valid = train_data["ctr"]
+    with pytest.raises(ValueError, match="train_on_inputs"):
+        finetune(
+            _cfg(tmp_path, train_on_inputs=True),
+            model_path=train_model_dir,
+            train_samples=train,
+            valid_samples=valid,
+            out_dir=tmp_path / "o",
+            task="ctr",
+        )
+    assert not (tmp_path / "o").exists()
