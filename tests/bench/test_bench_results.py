@@ -244,3 +244,50 @@ def test_bench_config_quick_overrides_and_errors(tmp_path):
         load_bench_config(_write(tmp_path, {"bench": {"methods": ["full_data"]}}))
     with pytest.raises(ValueError, match="`bench.budgets`"):
         load_bench_config(_write(tmp_path, {"bench": {"budgets": [0]}}))
+
+
+def test_default_benchmark_arms_headroom_then_methods_then_the_poo_study():
+    """jobs/configs/bench_ml100k.yaml: full data and random at the headroom budgets first (the
+    longest), every method at the selection budget, then the extra random coresets of the POO
+    study, each fine-tuned with the first seed."""
+    from pathlib import Path
+
+    from goracs_ray.bench import bench_arms, load_bench_config
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "bench_ml100k.yaml"
+    cfg = load_bench_config(path)
+    arms = bench_arms(cfg)
+    seeds, specs = cfg.bench.seeds, cfg.bench.specs
+    n_headroom = len(cfg.bench.headroom_budgets) * len(seeds)
+    assert [a.name for a in arms[: len(seeds)]] == ["full_data"] * len(seeds)
+    headroom = arms[len(seeds) : len(seeds) + n_headroom]
+    assert {a.name for a in headroom} == {"random"}
+    assert [a.select.budget for a in headroom] == sorted(
+        [b for b in cfg.bench.headroom_budgets for _ in seeds], reverse=True
+    )
+    study = [a for a in arms if a.name == "poo_random"]
+    assert len(study) == cfg.bench.poo_correlation.random_subsets >= 20
+    assert len({a.select.seed for a in study}) == len(study)
+    assert {a.train_seed for a in study} == {seeds[0]}
+    assert {a.select.budget for a in study} == {cfg.bench.poo_budget} == set(cfg.bench.budgets)
+    methods = arms[len(seeds) + n_headroom : len(arms) - len(study)]
+    assert len(methods) == len(specs) * len(seeds) * len(cfg.bench.budgets)
+    assert len({a.path for a in arms}) == len(arms)  # every arm has its own stage dirs
+
+
+@pytest.mark.parametrize(
+    ("bench", "match"),
+    [
+        ({"budgets": [64], "headroom_budgets": [64]}, "headroom_budgets"),
+        ({"methods": ["goracs"], "headroom_budgets": [128]}, "needs `random`"),
+        ({"budgets": [64], "poo_correlation": {"budget": 32}}, "poo_correlation.budget"),
+        ({"poo_correlation": {"random_subsets": -1}}, "random_subsets"),
+        ({"methods": ["poo_random"]}, "poo_random"),
+    ],
+)
+def test_bench_settings_reject_bad_headroom_and_poo_study(bench, match):
+    from goracs_ray.bench.config import BenchSettings
+    from goracs_ray.configutil import from_dict
+
+    with pytest.raises(ValueError, match=match):
+        from_dict(BenchSettings, bench)
