@@ -1,12 +1,13 @@
 """Every selection method against GORACS: `goracs bench` on ml-100k SeqRec, figures as lines.
 
-Runs ``jobs/configs/bench_ml100k.yaml`` (13 methods + a faithful-estimator GORACS variant, budget
-1024, 3 seeds, full-data reference; ~45-60 min on 2 CPU cores, every stage cached so a re-run
-costs seconds) or, with ``--quick``, its ``bench.quick`` variant (~2 min: Ray Train start-up per
+Runs ``jobs/configs/bench_ml100k.yaml`` (13 methods at budget 256, random at 1024 and 4096 too,
+3 seeds, full-data reference, 20 extra random coresets for the POO study; every stage cached so a
+re-run costs seconds) or, with ``--quick``, its ``bench.quick`` variant (Ray Train start-up per
 arm dominates). Prints one ``name: value`` line per method (headline metric, mean ± std over
 seeds and its 95 % bootstrap CI over test samples and seeds), the total time, the headroom
-(full data − random per budget), and last the headline: GORACS minus random, paired by seed and
-test sample, with its 95 % CI and verdict (the largest budget; smaller ones just before).
+(full data − random per budget), the premise (Spearman ρ of POO with the valid loss over the
+study's coresets), and last the headline: GORACS minus random, paired by seed and test sample,
+with its 95 % CI and verdict (the largest budget; smaller ones just before).
 
 Usage: PYTHONPATH=. python benchmarks/bench_methods.py [--quick] [--config PATH]
 """
@@ -50,6 +51,18 @@ def main() -> None:
     for (method, budget), d in deltas.items():
         if method == FULL_DATA:
             print(f"headroom_full_data_minus_random_b{budget}_{metric}: {_delta(d)}")
+    if cfg.bench.poo_correlation is not None:
+        import pandas as pd
+
+        from goracs_ray.bench.premise import correlations
+
+        rows = pd.read_parquet(result.run_dir / "poo.parquet")
+        for c in correlations(rows, ["valid_loss", "test_loss", metric]):
+            if c.x == "poo":
+                print(
+                    f"premise_spearman_poo_vs_{c.y}: {c.rho:+.3f} [{c.low:+.3f}, {c.high:+.3f}] "
+                    f"({c.n} coresets)"
+                )
     goracs = sorted((b, d) for (m, b), d in deltas.items() if m == "goracs")
     for budget, d in goracs[:-1]:
         print(f"goracs_minus_random_b{budget}_{metric}: {_delta(d)}")
