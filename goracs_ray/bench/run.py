@@ -129,13 +129,13 @@ def run_bench(
     graph = StageGraph(run_dir, force=force)
     inputs = prepare_inputs(cfg, graph)
     n_train = pq.read_metadata(inputs.samples_dir / "train.parquet").num_rows
-    too_big = [b for b in [*cfg.bench.budgets, *cfg.bench.headroom_budgets] if b >= n_train]
-    if too_big:
-        raise ValueError(
-            f"`bench.budgets`/`headroom_budgets` {too_big} are not below the {n_train} training "
-            "samples; "
-            "lower them (the full-data row is `bench.full_data`)"
-        )
+    for field in ("budgets", "headroom_budgets"):
+        too_big = [b for b in getattr(cfg.bench, field) if b >= n_train]
+        if too_big:
+            raise ValueError(
+                f"`bench.{field}` {too_big} are not below the {n_train} training samples; "
+                "lower them (the full-data row is `bench.full_data`)"
+            )
     _dry_run(cfg, inputs, arms)
     logger.info("bench: %d arms, %d at a time", len(arms), cfg.bench.parallel_arms)
     results: list[ArmResult | None] = [None] * len(arms)
