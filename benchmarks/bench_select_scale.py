@@ -122,6 +122,8 @@ def main() -> None:
     cost_options = {"lam": 0.1, "divide_distance": True, "grad_max": float(grads.max())}
     stage("cost", lambda: ray.get(selector.prepare.remote(cost_options)))
     greedy = stage("greedy", lambda: ray.get(selector.greedy.remote(budget, False)))
+    from goracs_ray.select.options import ItraOptions
+
     opts = {
         "estimator": "corrected", "cut_num": 30, "batch_size": args.batch_size, "warm_start": True,
         "time_limit": args.time_limit, "tol": 1e-12,
@@ -131,14 +133,18 @@ def main() -> None:
         lambda: ray.get(
             selector.refine.remote(
                 greedy.indices,
-                {**opts, "max_iters": args.compare_swaps, "time_limit": args.time_limit / 3},
+                ItraOptions(
+                    **{**opts, "max_iters": args.compare_swaps, "time_limit": args.time_limit / 3}
+                ),
                 1,
             )
         ),
     )
     two, info = stage(
         "exchange_2eval",
-        lambda: ray.get(selector.refine.remote(greedy.indices, {**opts, "max_iters": args.swaps})),
+        lambda: ray.get(
+            selector.refine.remote(greedy.indices, ItraOptions(**opts, max_iters=args.swaps))
+        ),
     )
     k = min(args.compare_swaps, len(one.swaps), len(two.swaps))
     same = np.array_equal(one.swaps[:k], two.swaps[:k])

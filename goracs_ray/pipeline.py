@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from importlib import metadata
@@ -80,7 +81,7 @@ def select_stage(cfg, features_dir: Path, samples_dir: Path, out_dir: Path, *, u
     ``coreset_samples.parquet`` (the selected training samples in SAMPLE_SCHEMA, in rank order,
     ready for any fine-tuning tool).
     """
-    from goracs_ray.select.cli import write_selection
+    from goracs_ray.select.cli import checkpoint_dir_for, write_selection
     from goracs_ray.select.config import run_select
     from goracs_ray.select.inputs import load_feature_table
 
@@ -88,7 +89,8 @@ def select_stage(cfg, features_dir: Path, samples_dir: Path, out_dir: Path, *, u
         features_dir, samples_dir=samples_dir, label_column="label" if use_labels else None
     )
     start = time.perf_counter()
-    selection = run_select(cfg, table, progress=None)
+    ckpt = checkpoint_dir_for(out_dir)  # resumed after a crash, removed once written
+    selection = run_select(cfg, table, progress=None, checkpoint_dir=ckpt)
     seconds = time.perf_counter() - start
     write_selection(
         out_dir,
@@ -104,6 +106,7 @@ def select_stage(cfg, features_dir: Path, samples_dir: Path, out_dir: Path, *, u
     keep = train.filter(pc.is_in(train.column("sample_id"), pa.array(list(order))))
     ranks = np.array([order[s] for s in keep.column("sample_id").to_pylist()])
     write_parquet(out_dir / "coreset_samples.parquet", keep.take(np.argsort(ranks)))
+    shutil.rmtree(ckpt, ignore_errors=True)
     return selection
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from goracs_ray.select.refine import Estimator
 from goracs_ray.select.registry import available_selectors
 from goracs_ray.select.types import FeatureTable, Selection
 
-__all__ = ["register", "select_command", "write_selection"]
+__all__ = ["checkpoint_dir_for", "register", "select_command", "write_selection"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_dir_for(out: Path) -> Path:
+    """Where the selection checkpoint of output ``out`` lives: ``<out>.checkpoint`` next to it
+    (outside ``out`` and its ``.part`` directory, so it survives a crash of the writer)."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".part") + ".checkpoint")
+
+
 def select_command(
     cfg: SelectConfig,
     features: FeatureTable,
@@ -110,7 +118,11 @@ def select_command(
     overwrite: bool = False,
     inputs: dict[str, Any] | None = None,
 ) -> Selection:
-    """Check the output location, run the selection, write it atomically; return it."""
+    """Check the output location, run the selection, write it atomically; return it.
+
+    GORACS methods checkpoint into :func:`checkpoint_dir_for` ``(out)`` and resume from it when
+    rerun after a crash (same settings and inputs); it is removed once ``out`` is written.
+    """
     if cfg.method not in available_selectors():
         raise ValueError(
             f"unknown `--method` {cfg.method!r}; choose one of {', '.join(available_selectors())}"
@@ -118,11 +130,13 @@ def select_command(
     if out.exists() and not overwrite:
         raise FileExistsError(f"`{out}` already exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
-    selection = run_select(cfg, features, progress=sys.stderr.isatty())
+    ckpt = checkpoint_dir_for(out)
+    selection = run_select(cfg, features, progress=sys.stderr.isatty(), checkpoint_dir=ckpt)
     seconds = time.perf_counter() - t0
     write_selection(
         out, selection, features, cfg, seconds=seconds, inputs=inputs or {}, overwrite=overwrite
     )
+    shutil.rmtree(ckpt, ignore_errors=True)
     logger.info(
         "selected %d of %d samples in %.1f s → %s", selection.size, features.n_train, seconds, out
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.refine import Estimator
 from goracs_ray.select.registry import run_selector
 from goracs_ray.select.types import FeatureTable, Selection
@@ -60,27 +62,22 @@ class SelectConfig:
             raise ValueError(f"`budget` must be an integer >= 1, got {self.budget!r}")
         if not self.lam >= 0:
             raise ValueError(f"`lam` must be >= 0 (0 = pure distribution matching), got {self.lam}")
-        try:
-            self.estimator = Estimator(self.estimator)
-        except ValueError:
-            choices = ", ".join(e.value for e in Estimator)
-            raise ValueError(
-                f"`estimator` must be one of {choices}, got {self.estimator!r}"
-            ) from None
-        if self.max_iters < 0:
-            raise ValueError(f"`max_iters` must be >= 0, got {self.max_iters}")
-        if self.cut_num < 1:
-            raise ValueError(f"`cut_num` must be >= 1, got {self.cut_num}")
-        if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
+        self.estimator = self.itra.estimator  # checks every ITRA option once
         if self.compress_valid is not None and not self.distributed:
             raise ValueError("`compress_valid` needs `distributed: true`")
         for name in ("workers", "shards", "compress_valid"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ValueError(f"`time_limit` must be > 0 seconds or null, got {self.time_limit}")
+
+    @property
+    def itra(self) -> ItraOptions:
+        """The GORACS ITRA options, every default resolved (:class:`ItraOptions`)."""
+        return ItraOptions(
+            estimator=self.estimator, max_iters=self.max_iters, cut_num=self.cut_num,
+            trim_inactive=self.trim_inactive, refine_stage=self.method != "goracs_greedy",
+            batch_size=self.batch_size, time_limit=self.time_limit,
+        )  # fmt: skip
 
     def method_options(self) -> dict[str, Any]:
         """Keyword options for the registered method."""
@@ -99,7 +96,13 @@ class SelectConfig:
         }
 
 
-def run_select(cfg: SelectConfig, features: FeatureTable, *, progress: bool = False) -> Selection:
+def run_select(
+    cfg: SelectConfig,
+    features: FeatureTable,
+    *,
+    progress: bool = False,
+    checkpoint_dir: Path | None = None,
+) -> Selection:
     """Run the configured method on ``features`` and return its :class:`Selection`.
 
     Parameters
@@ -108,10 +111,14 @@ def run_select(cfg: SelectConfig, features: FeatureTable, *, progress: bool = Fa
     features : FeatureTable
     progress : bool
         tqdm bars (GORACS methods only).
+    checkpoint_dir : Path, optional
+        GORACS methods: checkpoint there after the greedy stage and every accepted swap, and
+        resume from a checkpoint of the same settings and inputs.
     """
     opts = cfg.method_options()
     if cfg.method in GORACS_METHODS:
         opts["progress"] = progress
+        opts["checkpoint_dir"] = checkpoint_dir
     if cfg.distributed and cfg.method in GORACS_METHODS:
         from goracs_ray.select.distributed import run_distributed_selector
 

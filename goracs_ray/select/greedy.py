@@ -20,8 +20,8 @@ Semantics (the reference's, made deterministic):
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import logging
+import math
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -35,13 +35,14 @@ __all__ = [
     "greedy_gains",
     "greedy_init",
     "needs_more",
+    "reference_gains",
+    "reference_margin",
     "row_sums",
 ]
 
 logger = logging.getLogger(__name__)
 
 _BLOCK_ROWS = 1024
-_POP_BATCH = 8
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -89,6 +90,42 @@ def greedy_gains(cost_block: np.ndarray, col_min: np.ndarray) -> np.ndarray:
     diff = np.subtract(cost_block, col_min)
     np.minimum(diff, 0.0, out=diff)
     return diff.sum(axis=1, dtype=np.float64)
+
+
+def reference_gains(cost_block: np.ndarray, col_min: np.ndarray) -> np.ndarray:
+    """The reference's float32 gain ``Σ_j c_ej - Σ_j |m_j - c_ej|``, shifted by ``-Σ_j m_j``.
+
+    The reference picks ``argmin`` of ``C.sum(1) - |m - C|.sum(1)`` computed in float32; that
+    equals ``Σ m + 2 Σ min(c - m, 0)`` in exact arithmetic, so subtracting ``Σ m`` (the same for
+    every row, in float64, which keeps the float32 values' order) leaves a key that grows as S
+    grows, up to rounding (:func:`reference_margin`), as the lazy heap needs.
+
+    Parameters
+    ----------
+    cost_block : (b, M) float32
+    col_min : (M,) float32
+
+    Returns
+    -------
+    (b,) float64
+        The float32 reference gains minus ``Σ m``. Memory: b·M·4 bytes temporary.
+    """
+    block = np.asarray(cost_block, dtype=np.float32)
+    col_min = np.asarray(col_min, dtype=np.float32)
+    gains = block.sum(axis=1, dtype=np.float32) - np.abs(col_min - block).sum(
+        axis=1, dtype=np.float32
+    )
+    return gains.astype(np.float64) - float(col_min.sum(dtype=np.float64))
+
+
+def reference_margin(m_cols: int) -> float:
+    """Twice a bound on the rounding error of :func:`reference_gains` for M columns.
+
+    Two float32 pairwise sums of M terms in [0, 1] and one subtraction:
+    ``|error| <= 2^-24 · (⌈log2 M⌉ + 24) · 2M``; a stale key is a lower bound of the fresh
+    one up to twice that.
+    """
+    return 2.0 * 2.0**-24 * (math.ceil(math.log2(max(m_cols, 2))) + 24) * 2.0 * m_cols
 
 
 def row_sums(cost: np.ndarray) -> np.ndarray:
@@ -178,18 +215,27 @@ def needs_more(support: ColumnSupport, size: int, n: int, trim: bool) -> bool:
 
 
 def greedy_init(
-    cost: np.ndarray, n: int, *, trim_inactive: bool = False, progress: bool = False
+    cost,
+    n: int,
+    *,
+    trim_inactive: bool = False,
+    reference_arithmetic: bool = False,
+    progress: bool = False,
 ) -> GreedyResult:
     """Lazy greedy with the reference's exact semantics (see the module docstring).
 
     Parameters
     ----------
-    cost : (N, M) float32
-        POO cost. Memory: O(N + M) beyond the matrix itself.
+    cost : (N, M) float32 array or :class:`goracs_ray.select.rowstore.RowStore`
+        POO cost (an array is read in place). Memory: O(N + M) beyond the rows themselves.
     n : int
         Budget, 1 ≤ n ≤ N.
     trim_inactive : bool
         Apply the reference's active-support trim (METHOD.md §3.3).
+    reference_arithmetic : bool
+        Choose rows by the reference's float32 gain (:func:`reference_gains`; faithful mode),
+        which orders near-ties as the reference does. The stop test (gain exactly 0, then the
+        row-sum fill) still uses the float64 gain, so the fill stays defined.
     progress : bool
         Show a tqdm bar over greedy steps.
 
@@ -197,38 +243,30 @@ def greedy_init(
     -------
     GreedyResult
     """
-    sums = row_sums(cost)
+    from goracs_ray.select.rowstore import as_store
+
+    store = as_store(cost)
+    sums = store.row_sums()
     first = int(np.argmin(sums))
-    trim = trim_inactive and column_argmin_count(cost) > n
-    support = ColumnSupport(cost[first])
+    trim = trim_inactive and len(np.unique(store.column_owners())) > n
+    support = ColumnSupport(store.rows([first])[0])
+    margin = reference_margin(len(support.col_min)) if reference_arithmetic else 0.0
     chosen = [first]
-    heap: list[tuple[float, int]] = []
-    for start in range(0, cost.shape[0], _BLOCK_ROWS):
-        gains = greedy_gains(cost[start : start + _BLOCK_ROWS], support.col_min)
-        heap.extend((float(g), start + k) for k, g in enumerate(gains) if start + k != first)
-    heapq.heapify(heap)
-    n_evals = cost.shape[0]
     bar = tqdm(total=n, desc="greedy", disable=None if progress else True, initial=1)
-    while needs_more(support, len(chosen), n, trim) and heap:
-        while True:
-            popped = [heapq.heappop(heap) for _ in range(min(_POP_BATCH, len(heap)))]
-            rows = np.array([i for _, i in popped])
-            fresh = greedy_gains(cost[rows], support.col_min)
-            n_evals += len(rows)
-            best = min(zip(fresh.tolist(), rows.tolist()))
-            for item in zip(fresh.tolist(), rows.tolist()):
-                if item != best:
-                    heapq.heappush(heap, item)
-            if not heap or best <= heap[0]:
-                break
-            heapq.heappush(heap, best)
-        if best[0] >= 0.0:
+    while needs_more(support, len(chosen), n, trim):
+        best = store.greedy_best(support.col_min, chosen, margin)
+        if best is None:
             break
-        chosen.append(best[1])
-        support.add(cost[best[1]])
+        gain, row, row_cost = best
+        if reference_arithmetic:
+            gain = float(greedy_gains(row_cost[None], support.col_min)[0])
+        if gain >= 0.0:
+            break
+        chosen.append(row)
+        support.add(row_cost)
         bar.update(1)
     bar.close()
-    return _result(cost.shape[0], chosen, support, n, trim, sums, n_evals)
+    return _result(store.n_rows, chosen, support, n, trim, sums, store.n_gain_evals())
 
 
 def _result(n_rows, chosen, support, n, trim, sums, n_evals) -> GreedyResult:

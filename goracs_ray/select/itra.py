@@ -11,12 +11,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from goracs_ray.select.checkpoint import Checkpoint, input_digest
 from goracs_ray.select.cost import DEFAULT_BLOCK_ROWS, cost_matrix
 from goracs_ray.select.greedy import GreedyResult, greedy_init
+from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.ot import solve_ot
 from goracs_ray.select.refine import Estimator, RefineResult, refine
 from goracs_ray.select.registry import register_selector
@@ -78,52 +81,62 @@ class ItraResult:
 
 
 def itra(
-    cost: np.ndarray,
+    cost,
     n: int,
     *,
-    estimator: Estimator | str = Estimator.CORRECTED,
-    max_iters: int = 100,
-    cut_num: int = 30,
-    trim_inactive: bool | None = None,
-    refine_stage: bool = True,
-    batch_size: int = 1,
-    time_limit: float | None = None,
+    options: ItraOptions | None = None,
+    evaluator=None,
+    checkpoint: Checkpoint | None = None,
     progress: bool = False,
+    **kwargs: Any,
 ) -> ItraResult:
-    """Run ITRA (METHOD.md §3–4) on one POO cost matrix.
+    """Run ITRA (METHOD.md §3–4) on one POO cost: the one driver for every backend.
 
     Parameters
     ----------
-    cost : (N, M) float32
-        POO cost (:func:`goracs_ray.select.cost.cost_matrix`). Memory: see :func:`refine`.
+    cost : (N, M) float32 array or :class:`goracs_ray.select.rowstore.RowStore`
+        POO cost (:func:`goracs_ray.select.cost.cost_matrix`, or a row store: recomputed rows,
+        Ray row shards). Memory: see :func:`refine`.
     n : int
         Budget.
-    estimator : Estimator or str
-        "corrected" (default) or "faithful" (the reference code's behaviour).
-    max_iters, cut_num, batch_size, time_limit
-        See :func:`goracs_ray.select.refine.refine`.
-    trim_inactive : bool, optional
-        Active-support trim of the greedy stage (default: on for faithful, off for corrected).
-    refine_stage : bool
-        Run stage 2 (False: greedy only, plus one OT solve for its POO).
+    options : ItraOptions, optional
+        Estimator, max_iters, cut_num, trim, batch size, ... (default: built from ``kwargs``).
+    evaluator : SwapEvaluator, optional
+        Solves candidate swaps (default: in this process).
+    checkpoint : Checkpoint, optional
+        Resume from it and rewrite it after the greedy stage and every accepted swap.
     progress : bool
         tqdm bars over greedy steps and exchanges.
+    **kwargs
+        :class:`ItraOptions` fields, when ``options`` is not given.
     """
-    estimator = Estimator(estimator)
-    trim = (estimator is Estimator.FAITHFUL) if trim_inactive is None else trim_inactive
+    from goracs_ray.select.rowstore import as_store
+
+    opts = options if options is not None else ItraOptions(**kwargs)
+    store = as_store(cost)
     t0 = time.perf_counter()
-    greedy = greedy_init(cost, n, trim_inactive=trim, progress=progress)
+    greedy = None if checkpoint is None else checkpoint.load_greedy()
+    if greedy is None:
+        greedy = greedy_init(
+            store, n, trim_inactive=opts.trim_inactive, reference_arithmetic=opts.faithful,
+            progress=progress,
+        )  # fmt: skip
+        if checkpoint is not None:
+            checkpoint.save_greedy(greedy)
     t1 = time.perf_counter()
-    if refine_stage and max_iters > 0:
+    if opts.refines:
         ref = refine(
-            cost, greedy.indices, estimator=estimator, max_iters=max_iters, cut_num=cut_num,
-            batch_size=batch_size, time_limit=time_limit, progress=progress,
+            store, greedy.indices, estimator=opts.estimator, max_iters=opts.max_iters,
+            cut_num=opts.cut_num, batch_size=opts.batch_size, warm_start=opts.warm_start,
+            time_limit=opts.time_limit, tol=opts.tol, progress=progress, evaluator=evaluator,
+            resume=None if checkpoint is None else checkpoint.load_refine(),
+            on_accept=None if checkpoint is None else checkpoint.save_refine,
         )  # fmt: skip
         indices, trace, solves = ref.indices, ref.poo_trace, ref.n_ot_solves
     else:
         ref = None
         indices, solves = greedy.indices, 1
-        trace = np.array([solve_ot(cost[greedy.indices]).value])
+        trace = np.array([solve_ot(store.rows(greedy.indices)).value])
     t2 = time.perf_counter()
     return ItraResult(
         indices=indices,
@@ -246,24 +259,18 @@ class CoresetResult:
         }
 
 
-def _check_options(budget: int, lam: float, max_iters: int, cut_num: int, batch_size: int) -> None:
+def _check_options(budget: int, lam: float) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise TypeError(f"`budget` must be an integer, got {budget!r}")
     if not (isinstance(lam, (int, float, np.floating)) and np.isfinite(lam) and lam >= 0):
         raise ValueError(f"`lam` must be a finite number >= 0 (0 = pure matching), got {lam!r}")
-    for name, value, low in (("max_iters", max_iters, 0), ("cut_num", cut_num, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
 
 
-PartRunner = Callable[
-    [np.ndarray, np.ndarray, "np.ndarray | None", int, dict[str, Any], dict[str, Any]], ItraResult
-]
-"""``(train_emb, valid_emb, grad_norms, n_k, cost_options, itra_options) -> ItraResult`` for one
-class: builds the POO cost (``cost_options`` are :func:`cost_matrix`'s keywords) and runs ITRA
-(``itra_options`` are :func:`itra`'s keywords); ``seconds["cost"]`` reports the cost time."""
+PartRunner = Callable[..., ItraResult]
+"""``(train_emb, valid_emb, grad_norms, n_k, cost_options, options, *, checkpoint, progress)
+-> ItraResult`` for one class: builds the POO cost (``cost_options`` are :func:`cost_matrix`'s
+keywords) and runs :func:`itra` with ``options`` (:class:`ItraOptions`) and ``checkpoint``;
+``seconds["cost"]`` reports the cost time."""
 
 
 def run_part_local(
@@ -272,7 +279,10 @@ def run_part_local(
     grad_norms: np.ndarray | None,
     n_k: int,
     cost_options: dict[str, Any],
-    itra_options: dict[str, Any],
+    options: ItraOptions,
+    *,
+    checkpoint: Checkpoint | None = None,
+    progress: bool = False,
 ) -> ItraResult:
     """The in-process :data:`PartRunner`: the full cost matrix, then :func:`itra`.
 
@@ -282,7 +292,7 @@ def run_part_local(
     cost = cost_matrix(train_emb, valid_emb, grad_norms, **cost_options).values
     t1 = time.perf_counter()
     logger.info("ITRA on %d x %d, budget %d", *cost.shape, n_k)
-    part = itra(cost, n_k, **itra_options)
+    part = itra(cost, n_k, options=options, checkpoint=checkpoint, progress=progress)
     return dataclasses.replace(part, seconds={"cost": t1 - t0, **part.seconds})
 
 
@@ -316,6 +326,7 @@ def select_features(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     progress: bool = False,
     part_runner: PartRunner = run_part_local,
+    checkpoint_dir: str | Path | None = None,
 ) -> CoresetResult:
     """GORACS on a validated :class:`FeatureTable` (see :func:`select_coreset` for options).
 
@@ -323,14 +334,16 @@ def select_features(
     :mod:`goracs_ray.select.distributed` passes a Ray one). ``use_labels`` (default: when the
     table has labels) runs label-enhanced ITRA: one ITRA per validation class on the within-class
     cost, budgets from :func:`label_budgets`.
+    ``checkpoint_dir``: write a :class:`Checkpoint` per class there (after the greedy stage
+    and every accepted swap) and resume from any whose settings and inputs match (serial and
+    distributed runs share the driver, so either may resume the other's checkpoint).
     Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set.
     """
-    try:
-        estimator = Estimator(estimator)
-    except ValueError:
-        choices = ", ".join(e.value for e in Estimator)
-        raise ValueError(f"`estimator` must be one of {choices}, got {estimator!r}") from None
-    _check_options(budget, lam, max_iters, cut_num, batch_size)
+    opts = ItraOptions(
+        estimator=estimator, max_iters=max_iters, cut_num=cut_num, trim_inactive=trim_inactive,
+        refine_stage=refine_stage, batch_size=batch_size, time_limit=time_limit,
+    )  # fmt: skip
+    _check_options(budget, lam)
     if not 0 < budget <= features.n_train:
         raise ValueError(f"`budget` must be in [1, N={features.n_train}], got {budget}")
     if lam > 0:
@@ -338,9 +351,8 @@ def select_features(
     labels = features.train_labels is not None if use_labels is None else use_labels
     if labels:
         features.require("train_labels", "valid_labels", method="goracs (use_labels)")
-    faithful = estimator is Estimator.FAITHFUL
     settings = {
-        "budget": int(budget), "lam": float(lam), "estimator": estimator.value,
+        "budget": int(budget), "lam": float(lam), "estimator": opts.estimator.value,
         "max_iters": int(max_iters), "cut_num": int(cut_num), "trim_inactive": trim_inactive,
         "use_labels": bool(labels), "refine_stage": refine_stage, "batch_size": batch_size,
         "time_limit": time_limit,
@@ -352,21 +364,25 @@ def select_features(
     parts, rows = [], []
     t_start = time.perf_counter()
     cost_options = {
-        "lam": lam, "divide_distance": not (faithful and labels), "grad_max": grad_max,
+        "lam": lam, "divide_distance": not (opts.faithful and labels), "grad_max": grad_max,
         "block_rows": block_rows,
-    }  # fmt: skip
-    itra_options = {
-        "estimator": estimator, "max_iters": max_iters, "cut_num": cut_num,
-        "trim_inactive": trim_inactive, "refine_stage": refine_stage, "batch_size": batch_size,
-        "time_limit": time_limit, "progress": progress,
     }  # fmt: skip
     for cls, n_k, train_rows, valid_rows in groups:
         logger.info("class %s: budget %d", cls, n_k)
+        train = features.train_emb[train_rows] if labels else features.train_emb
+        valid = features.valid_emb[valid_rows] if labels else features.valid_emb
+        part_grads = None if grads is None else grads[train_rows]
+        checkpoint = None
+        if checkpoint_dir is not None:
+            key = opts.digest(
+                n=n_k, cls=cls, cost={k: v for k, v in cost_options.items() if k != "block_rows"},
+                inputs=input_digest(train, valid, part_grads),
+            )  # fmt: skip
+            name = "part-all.npz" if cls is None else f"part-{cls}.npz"
+            checkpoint = Checkpoint(Path(checkpoint_dir) / name, key)
         part = part_runner(
-            features.train_emb[train_rows] if labels else features.train_emb,
-            features.valid_emb[valid_rows] if labels else features.valid_emb,
-            None if grads is None else grads[train_rows],
-            n_k, cost_options, itra_options,
+            train, valid, part_grads, n_k, cost_options, opts,
+            checkpoint=checkpoint, progress=progress,
         )  # fmt: skip
         seconds["cost"] += part.seconds.get("cost", 0.0)
         seconds["greedy"] += part.seconds["greedy"]

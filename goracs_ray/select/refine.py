@@ -37,12 +37,14 @@ __all__ = [
     "DualColumns",
     "Estimator",
     "RefineResult",
+    "RefineState",
     "StopReason",
     "candidate_pairs",
     "dual_columns",
     "evaluate_swap",
     "pruning_scores",
     "refine",
+    "start_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ class RefineResult:
     Attributes
     ----------
     indices : (n,) int64
-        Final coreset rows (a swap replaces the leaving row in place).
+        Final coreset rows (corrected: a swap replaces the leaving row in place; faithful: it
+        removes it and appends the joining row, as the reference).
     poo_trace : (k + 1,) float64
         POO of the start set, then after each of the k accepted swaps.
     swap_seconds : (k + 1,) float64
@@ -105,6 +108,8 @@ class RefineResult:
     n_pairs_tried : int
         Candidate pairs evaluated.
     stop_reason : StopReason
+    info : dict
+        JSON-serialisable timings: evaluators, per-wave and per-refresh records.
     """
 
     indices: np.ndarray
@@ -114,6 +119,7 @@ class RefineResult:
     n_ot_solves: int
     n_pairs_tried: int
     stop_reason: StopReason
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 def dual_columns(cost_rows: np.ndarray, u: np.ndarray, members: np.ndarray) -> DualColumns:
@@ -228,6 +234,7 @@ def evaluate_swap(
     new_row: np.ndarray,
     *,
     warm_start: bool = True,
+    append: bool = False,
 ) -> OTSolution:
     """Exact OT after replacing member ``position`` by a row with costs ``new_row``.
 
@@ -244,15 +251,26 @@ def evaluate_swap(
     warm_start : bool
         Start the network simplex from the current potentials, with the joining row's potential
         set to ``min_j (c_oj - v_j)`` (dual feasible).
+    append : bool
+        Remove the leaving row and append the joining one (the reference's member order, whose
+        duals — not unique — are the ones the reference prunes with) instead of replacing it in
+        place. The solution's ``u`` follows the same order.
 
     Memory: one n·M·8 copy plus the solver's working set.
     """
-    swapped = cost_members.copy()
-    swapped[position] = new_row
+    if append:
+        swapped = np.vstack([np.delete(cost_members, position, axis=0), new_row[None, :]])
+    else:
+        swapped = cost_members.copy()
+        swapped[position] = new_row
     init = None
     if warm_start:
-        u = solution.u.copy()
-        u[position] = add_row_potential(solution.v, new_row)
+        u_new = add_row_potential(solution.v, new_row)
+        if append:
+            u = np.append(np.delete(solution.u, position), u_new)
+        else:
+            u = solution.u.copy()
+            u[position] = u_new
         init = (u, solution.v)
     return solve_ot(swapped, potentials_init=init)
 
@@ -271,37 +289,63 @@ def all_scores(
 
 
 @dataclasses.dataclass
-class _State:
+class RefineState:
+    """Where refinement stands after an accepted swap (what a checkpoint stores).
+
+    Attributes
+    ----------
+    members : (n,) int64
+        Current S, in the driver's member order.
+    solution : OTSolution
+        Exact OT of S (its duals drive the next refresh).
+    trace : list[float]
+        POO of the start set, then after each accepted swap.
+    seconds : list[float]
+        Seconds since refinement began when each trace value was reached.
+    swaps : list[tuple[int, int]]
+        Accepted (leaving, joining) pairs.
+    n_tried : int
+        Candidate pairs evaluated so far.
+    """
+
     members: np.ndarray
-    cost_members: np.ndarray
     solution: OTSolution
+    trace: list[float]
+    seconds: list[float]
+    swaps: list[tuple[int, int]]
+    n_tried: int = 0
 
 
-def _try_pairs(
-    cost: np.ndarray,
-    state: _State,
-    pairs: np.ndarray,
-    *,
-    batch_size: int,
-    warm_start: bool,
-    deadline: float,
-    tol: float,
-) -> tuple[tuple[int, int, OTSolution] | None, int, bool]:
-    """First batch with an improving pair → its best pair; returns (accepted, tried, timed_out)."""
+def _try_pairs(pairs, cost_members, state, rows, evaluator, *, batch_size, warm_start, append,
+               tol, deadline, waves):  # fmt: skip
+    """The commit rule: waves of ``batch_size·⌈W/batch_size⌉`` pairs; after a wave the first
+    batch (in canonical order) holding an improving pair gives its best pair (ties to the
+    earlier one). Returns (accepted, tried, timed_out); the result does not depend on W."""
+    wave = batch_size * math.ceil(evaluator.n_workers / batch_size)
     position = {int(r): p for p, r in enumerate(state.members)}
     tried = 0
-    for start in range(0, len(pairs), batch_size):
+    for w0 in range(0, len(pairs), wave):
+        chunk = pairs[w0 : w0 + wave]
+        t0 = time.perf_counter()
+        sols = evaluator.evaluate(
+            chunk, cost_members, state.solution, position, rows,
+            warm_start=warm_start, append=append,
+        )  # fmt: skip
+        tried += len(chunk)
         best = None
-        for leave, join in pairs[start : start + batch_size].tolist():
-            sol = evaluate_swap(
-                state.cost_members, state.solution, position[leave], cost[join],
-                warm_start=warm_start,
-            )  # fmt: skip
-            tried += 1
-            if sol.value < state.solution.value - tol and (
-                best is None or sol.value < best[2].value
-            ):
-                best = (leave, join, sol)
+        for b0 in range(0, len(chunk), batch_size):
+            for k in range(b0, min(b0 + batch_size, len(chunk))):
+                sol = sols[k]
+                if sol.value < state.solution.value - tol and (
+                    best is None or sol.value < best[2].value
+                ):
+                    best = (int(chunk[k, 0]), int(chunk[k, 1]), sol)
+            if best is not None:
+                break
+        waves.append(
+            {"pairs": len(chunk), "workers": min(evaluator.n_workers, len(chunk)),
+             "seconds": time.perf_counter() - t0, "accepted": best is not None}
+        )  # fmt: skip
         if best is not None:
             return best, tried, False
         if time.perf_counter() > deadline:
@@ -309,8 +353,23 @@ def _try_pairs(
     return None, tried, False
 
 
+def start_state(cost, start: np.ndarray, *, warm_start: bool) -> RefineState:
+    """The first exact OT of ``start`` (warm from u = 0, v = column minima when ``warm_start``).
+
+    ``cost`` : (N, M) float32 array or RowStore.
+    """
+    from goracs_ray.select.rowstore import as_store
+
+    members = np.asarray(start, dtype=np.int64).copy()
+    cost_members = as_store(cost).rows(members).astype(np.float64)
+    # (u = 0, v = column minima) is dual feasible: a warm start for the first solve
+    init = (np.zeros(len(members)), cost_members.min(axis=0)) if warm_start else None
+    sol = solve_ot(cost_members, potentials_init=init)
+    return RefineState(members, sol, [sol.value], [0.0], [])
+
+
 def refine(
-    cost: np.ndarray,
+    cost,
     start: np.ndarray,
     *,
     estimator: Estimator = Estimator.CORRECTED,
@@ -321,16 +380,21 @@ def refine(
     time_limit: float | None = None,
     tol: float = 1e-12,
     progress: bool = False,
+    evaluator=None,
+    resume: RefineState | None = None,
+    on_accept=None,
 ) -> RefineResult:
     """Exchange refinement from ``start`` (METHOD.md §4), first-improving batch accepted.
 
     Parameters
     ----------
-    cost : (N, M) float32
+    cost : (N, M) float32 array or :class:`goracs_ray.select.rowstore.RowStore`
         POO cost. Memory beyond it: n·M·8 (members' costs) + the OT working set + blocks.
     start : (n,) int64
         Start coreset (e.g. the greedy result).
     estimator : Estimator
+        ``faithful`` also keeps the reference's member order: a swap removes the leaving row
+        and appends the joining one (``corrected`` replaces it in place).
     max_iters : int
         Maximum accepted swaps.
     cut_num : int
@@ -347,51 +411,80 @@ def refine(
         A swap is accepted when it lowers POO by more than ``tol``.
     progress : bool
         Show a tqdm bar over accepted swaps.
+    evaluator : SwapEvaluator, optional
+        Solves candidate swaps (default :class:`goracs_ray.select.rowstore.SerialEvaluator`; the
+        distributed module passes a pool of Ray actors — same result for any pool size).
+    resume : RefineState, optional
+        Continue from this state (a checkpoint) instead of solving ``start`` again.
+    on_accept : callable, optional
+        ``on_accept(state)`` after the first solve and after each accepted swap (checkpoints).
+
+    Returns
+    -------
+    RefineResult
+        ``info`` holds the per-wave and per-refresh timings.
     """
+    from goracs_ray.select.rowstore import SerialEvaluator, as_store
+
     estimator = Estimator(estimator)
+    store = as_store(cost)
+    evaluator = evaluator or SerialEvaluator()
     warm = (estimator is Estimator.CORRECTED) if warm_start is None else warm_start
+    append = estimator is Estimator.FAITHFUL
     t0 = time.perf_counter()
     deadline = t0 + time_limit if time_limit is not None else math.inf
-    members = np.asarray(start, dtype=np.int64).copy()
-    cost_members = cost[members].astype(np.float64)
-    # (u = 0, v = column minima) is dual feasible: a warm start for the first solve
-    init = (np.zeros(len(members)), cost_members.min(axis=0)) if warm else None
-    state = _State(members, cost_members, solve_ot(cost_members, potentials_init=init))
-    trace, seconds, swaps = [state.solution.value], [time.perf_counter() - t0], []
-    n_solves, n_tried, reason = 1, 0, StopReason.MAX_ITERS
-    bar = tqdm(total=max_iters, desc="exchange", disable=None if progress else True)
-    while len(swaps) < max_iters:
+    if resume is None:
+        state = start_state(store, start, warm_start=warm)
+        state.seconds[0] = time.perf_counter() - t0
+        if on_accept is not None:
+            on_accept(state)
+    else:
+        state = resume
+        t0 -= state.seconds[-1]  # the trace's clock goes on from the checkpoint
+    cost_members = store.rows(state.members).astype(np.float64)
+    reason, waves, refreshes = StopReason.MAX_ITERS, [], []
+    bar = tqdm(total=max_iters, desc="exchange", disable=None if progress else True,
+               initial=len(state.swaps))  # fmt: skip
+    while len(state.swaps) < max_iters:
         if time.perf_counter() > deadline:
             reason = StopReason.TIME_LIMIT
             break
-        duals = dual_columns(state.cost_members, state.solution.u, state.members)
-        scores = all_scores(cost, state.members, duals, estimator=estimator)
-        pairs = candidate_pairs(scores, state.members, cut_num=cut_num, estimator=estimator)
+        t_refresh = time.perf_counter()
+        duals = dual_columns(cost_members, state.solution.u, state.members)
+        cand = store.candidates(duals, state.members, cut_num=cut_num, estimator=estimator)
+        refreshes.append({"seconds": time.perf_counter() - t_refresh, "rows_scored": cand.n_scored})
         accepted, tried, timed_out = _try_pairs(
-            cost, state, pairs, batch_size=batch_size, warm_start=warm, deadline=deadline, tol=tol
-        )
-        n_tried += tried
-        n_solves += tried
+            cand.pairs, cost_members, state, cand.rows, evaluator, batch_size=batch_size,
+            warm_start=warm, append=append, tol=tol, deadline=deadline, waves=waves,
+        )  # fmt: skip
+        state.n_tried += tried
         if accepted is None:
             reason = StopReason.TIME_LIMIT if timed_out else StopReason.NO_IMPROVEMENT
             break
         leave, join, sol = accepted
         pos = int(np.flatnonzero(state.members == leave)[0])
-        state.members[pos] = join
-        state.cost_members[pos] = cost[join]
+        if append:
+            state.members = np.append(np.delete(state.members, pos), join)
+            cost_members = np.vstack([np.delete(cost_members, pos, axis=0), cand.rows[join]])
+        else:
+            state.members[pos] = join
+            cost_members[pos] = cand.rows[join]
         state.solution = sol
-        swaps.append((leave, join))
-        trace.append(sol.value)
-        seconds.append(time.perf_counter() - t0)
+        state.swaps.append((leave, join))
+        state.trace.append(sol.value)
+        state.seconds.append(time.perf_counter() - t0)
+        if on_accept is not None:
+            on_accept(state)
         bar.update(1)
-        logger.debug("swap %d: %d -> %d, POO %.6f", len(swaps), leave, join, sol.value)
+        logger.debug("swap %d: %d -> %d, POO %.6f", len(state.swaps), leave, join, sol.value)
     bar.close()
     return RefineResult(
         indices=state.members,
-        poo_trace=np.asarray(trace),
-        swap_seconds=np.asarray(seconds),
-        swaps=np.asarray(swaps, dtype=np.int64).reshape(-1, 2),
-        n_ot_solves=n_solves,
-        n_pairs_tried=n_tried,
+        poo_trace=np.asarray(state.trace),
+        swap_seconds=np.asarray(state.seconds),
+        swaps=np.asarray(state.swaps, dtype=np.int64).reshape(-1, 2),
+        n_ot_solves=1 + state.n_tried,
+        n_pairs_tried=state.n_tried,
         stop_reason=reason,
+        info={"evaluators": evaluator.n_workers, "waves": waves, "refreshes": refreshes},
     )

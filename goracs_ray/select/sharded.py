@@ -1,14 +1,21 @@
 """Row shards of the POO cost: the per-shard halves of ITRA's greedy and pruning steps (no Ray).
 
-A :class:`CostShard` holds the cost rows ``[start, start + b)`` of one cost matrix as float32,
-built with the same pure pieces as :func:`goracs_ray.select.cost.cost_matrix` (so its rows are
-bit-identical to the serial matrix). The central driver reduces what the shards return:
+A :class:`RowShard` answers for the cost rows ``[start, start + b)`` of one cost matrix; the
+subclasses differ only in where a row comes from:
+
+* :class:`CostShard` stores the rows as float32 (built with the same pure pieces as
+  :func:`goracs_ray.select.cost.cost_matrix`, so they are bit-identical to the serial matrix, or
+  wrapping a matrix already built);
+* :class:`RecomputedShard` stores no N×M array: it recomputes rows from the embeddings on demand,
+  in blocks sized by a memory budget (the same rows, bit for bit).
+
+The driver (:class:`goracs_ray.select.rowstore.PartsStore`) reduces what the shards return:
 
 * greedy: each shard keeps a lazy heap of stale gains over its own rows and answers the exact
-  arg-min of ``(fresh gain, row)`` among them (:meth:`CostShard.greedy_best`); the global greedy
+  arg-min of ``(fresh gain, row)`` among them (:meth:`RowShard.greedy_best`); the global greedy
   choice is the min over shards — O(M) per shard per step.
 * refinement: each shard scores its rows with :func:`goracs_ray.select.refine.pruning_scores`
-  and returns only its ``cut_num`` best non-members and its members (:meth:`CostShard.candidates`)
+  and returns only its ``cut_num`` best non-members and its members (:meth:`RowShard.candidates`)
   — O(cut_num·M) per shard per dual refresh. For the corrected estimator rows are first screened
   with the lower bound ``F(k) >= min_j (c_kj - f_j) / n`` (F is increasing in the R smallest
   reduced costs and ``(R - 1)/M < 1/n``), so most rows never need the O(M) partition. A coarser
@@ -23,15 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from collections.abc import Iterator
 
 import numpy as np
 
 from goracs_ray.select.cost import CostScales, distance_block, normalize_block
-from goracs_ray.select.greedy import greedy_gains
+from goracs_ray.select.greedy import greedy_gains, reference_gains
 from goracs_ray.select.refine import DualColumns, Estimator, pruning_scores
 
 __all__ = [
     "CostShard",
+    "RecomputedShard",
+    "RowShard",
     "ShardCandidates",
     "column_groups",
     "merge_column_argmin",
@@ -42,12 +52,19 @@ _BLOCK_ROWS = 1024
 _POP_BATCH = 8
 _SCREEN_ROWS = 256  # rows scored exactly first, to set the screening threshold
 _COLUMN_GROUPS = 64
+_GROUP_SAMPLE_ROWS = 256  # rows whose costs describe a column when no embeddings are given
 
 
 def column_groups(
-    valid_emb: np.ndarray, n_groups: int = _COLUMN_GROUPS
+    column_features: np.ndarray, n_groups: int = _COLUMN_GROUPS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Group validation columns by their nearest of ``n_groups`` evenly spaced seed columns.
+    """Group columns by their nearest of ``n_groups`` evenly spaced seed columns.
+
+    Parameters
+    ----------
+    column_features : (M, k) float32
+        One vector per column (the validation embeddings, or a few rows of the cost,
+        transposed). Any grouping keeps the screening bound valid; similar columns make it tight.
 
     Returns
     -------
@@ -56,9 +73,9 @@ def column_groups(
     starts : (G,) int64
         Start of each non-empty group in ``order`` (for ``np.minimum.reduceat``).
     """
-    m_cols = valid_emb.shape[0]
+    m_cols = column_features.shape[0]
     seeds = np.unique(np.linspace(0, m_cols - 1, min(n_groups, m_cols)).astype(np.int64))
-    group = distance_block(valid_emb, valid_emb[seeds]).argmin(axis=1)
+    group = distance_block(column_features, column_features[seeds]).argmin(axis=1)
     order = np.argsort(group, kind="stable")
     return order, np.unique(np.searchsorted(group[order], np.arange(len(seeds))))
 
@@ -120,106 +137,128 @@ class ShardCandidates:
     n_scored: int
 
 
-class CostShard:
-    """Float32 POO cost rows ``[start, start + b)`` and the per-shard greedy/pruning steps.
+class RowShard:
+    """The POO cost rows ``[start, stop)`` and the per-shard greedy and pruning steps.
 
-    Parameters
-    ----------
-    train_emb : (b, d) float32
-        The shard's training rows.
-    valid_emb : (M, d) float32
-    grad_norms : (b,) float32 or None
-    start : int
-        Global row index of the first row.
-
-    Memory: b·M·4 bytes for the cached cost plus ~_BLOCK_ROWS·M·24 bytes of temporaries.
+    Subclasses provide :meth:`block` (rows by local index) and :meth:`blocks` (every row, in
+    order, block by block); everything else is written once here.
     """
 
-    def __init__(
-        self,
-        train_emb: np.ndarray,
-        valid_emb: np.ndarray,
-        grad_norms: np.ndarray | None,
-        *,
-        start: int,
-    ) -> None:
-        n_rows = train_emb.shape[0]
-        self.start = int(start)
-        self.stop = self.start + n_rows
-        self.grads = None if grad_norms is None else np.asarray(grad_norms, dtype=np.float32)
-        self.cost = np.empty((n_rows, valid_emb.shape[0]), dtype=np.float32)
-        self.row_min = np.empty(n_rows, dtype=np.float32)
-        self.row_max = np.empty(n_rows, dtype=np.float32)
-        for a in range(0, n_rows, _BLOCK_ROWS):
-            block = distance_block(train_emb[a : a + _BLOCK_ROWS], valid_emb)
-            self.cost[a : a + _BLOCK_ROWS] = block
-            self.row_min[a : a + _BLOCK_ROWS] = block.min(axis=1)
-            self.row_max[a : a + _BLOCK_ROWS] = block.max(axis=1)
-        self.col_order, self.group_starts = column_groups(valid_emb)
-        self.group_min: np.ndarray | None = None  # (b, G) float32 after normalize
-        self.scales: CostScales | None = None
+    start: int
+    stop: int
+    scales: CostScales | None
+    row_min: np.ndarray
+    row_max: np.ndarray
+
+    def _init_state(self, start: int, stop: int, column_features: np.ndarray) -> None:
+        self.start, self.stop = int(start), int(stop)
+        self.col_order, self.group_starts = column_groups(column_features)
+        self.group_min: np.ndarray | None = None  # (b, G) float32 once the costs are known
         self._heap: list[tuple[float, int]] | None = None
         self._held: tuple[float, int] | None = None
         self.n_gain_evals = 0
 
+    # -- rows (subclasses) -------------------------------------------------------------------
+    def block(self, local: np.ndarray) -> np.ndarray:
+        """Cost rows of the local indices ``local``, (k, M) float32."""
+        raise NotImplementedError
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(local start, (b, M) float32 rows)`` over all rows, in order."""
+        raise NotImplementedError
+
+    def _group_minima(self) -> None:
+        self.group_min = np.empty((self.stop - self.start, len(self.group_starts)), np.float32)
+        for a, block in self.blocks():
+            self.group_min[a : a + len(block)] = np.minimum.reduceat(
+                block[:, self.col_order], self.group_starts, axis=1
+            )
+
     # -- cost -------------------------------------------------------------------------------
+    def _raw_distances(self, train, valid, block_rows: int, out: np.ndarray | None) -> None:
+        """Per-row distance extrema (and, when ``out`` is given, the distances themselves)."""
+        n_rows = train.shape[0]
+        self.row_min = np.empty(n_rows, dtype=np.float32)
+        self.row_max = np.empty(n_rows, dtype=np.float32)
+        for a in range(0, n_rows, block_rows):
+            block = distance_block(train[a : a + block_rows], valid)
+            if out is not None:
+                out[a : a + len(block)] = block
+            self.row_min[a : a + len(block)] = block.min(axis=1)
+            self.row_max[a : a + len(block)] = block.max(axis=1)
+        self.scales = None
+
     def extrema(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-row min and max raw distance, (b,) float32 each (for :func:`cost_scales`)."""
         return self.row_min, self.row_max
 
+    def _apply_scales(self, scales: CostScales) -> None:
+        raise NotImplementedError
+
     def normalize(self, scales: CostScales) -> None:
-        """Turn the cached distances into POO costs (idempotent for the same ``scales``)."""
+        """Fix the cost scales (idempotent for the same ``scales``): stored distances become
+        POO costs in place; the per-row group minima are computed."""
         if self.scales == scales:
             return
         if self.scales is not None:
             raise ValueError("`scales` differ from the ones this shard was normalised with")
-        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
-            grads = None if self.grads is None else self.grads[a : a + _BLOCK_ROWS]
-            normalize_block(self.cost[a : a + _BLOCK_ROWS], grads, scales)
-        self.group_min = np.empty((self.cost.shape[0], len(self.group_starts)), dtype=np.float32)
-        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
-            block = self.cost[a : a + _BLOCK_ROWS][:, self.col_order]
-            self.group_min[a : a + _BLOCK_ROWS] = np.minimum.reduceat(
-                block, self.group_starts, axis=1
-            )
+        self._apply_scales(scales)
         self.scales = scales
+        self._group_minima()
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Cost rows of the global row ``ids`` that live here, (k, M) float32."""
-        return self.cost[np.asarray(ids, dtype=np.int64) - self.start]
+        return self.block(np.asarray(ids, dtype=np.int64) - self.start)
 
     def owns(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask of the global row ``ids`` that live in this shard."""
         ids = np.asarray(ids, dtype=np.int64)
         return (ids >= self.start) & (ids < self.stop)
 
+    def owned_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask of ids living here, their cost rows (k, M) float32)``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        mask = self.owns(ids)
+        return mask, self.rows(ids[mask])
+
+    def gain_evals(self) -> int:
+        """Row gains evaluated by :meth:`greedy_best` so far."""
+        return self.n_gain_evals
+
     def row_sums(self) -> np.ndarray:
         """(b,) float64 row sums, as :func:`goracs_ray.select.greedy.row_sums`."""
-        out = np.empty(self.cost.shape[0], dtype=np.float64)
-        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
-            out[a : a + _BLOCK_ROWS] = self.cost[a : a + _BLOCK_ROWS].sum(axis=1, dtype=np.float64)
+        out = np.empty(self.stop - self.start, dtype=np.float64)
+        for a, block in self.blocks():
+            out[a : a + len(block)] = block.sum(axis=1, dtype=np.float64)
         return out
 
     def column_argmin(self) -> tuple[np.ndarray, np.ndarray]:
         """Per column: min cost over the shard's rows and its global row (first on ties)."""
-        arg = self.cost.argmin(axis=0)
-        return self.cost[arg, np.arange(self.cost.shape[1])], arg.astype(np.int64) + self.start
+        parts = []
+        for a, block in self.blocks():
+            arg = block.argmin(axis=0)
+            parts.append((block[arg, np.arange(block.shape[1])], arg.astype(np.int64) + a))
+        best, owner = merge_column_argmin(parts)
+        return best, owner + self.start
 
     # -- greedy -----------------------------------------------------------------------------
-    def _build_heap(self, col_min: np.ndarray, chosen: set[int]) -> None:
+    def _gains(self, block: np.ndarray, col_min: np.ndarray, reference: bool) -> np.ndarray:
+        return reference_gains(block, col_min) if reference else greedy_gains(block, col_min)
+
+    def _build_heap(self, col_min: np.ndarray, chosen: set[int], reference: bool) -> None:
         heap: list[tuple[float, int]] = []
-        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
-            gains = greedy_gains(self.cost[a : a + _BLOCK_ROWS], col_min)
+        for a, block in self.blocks():
+            gains = self._gains(block, col_min, reference)
             base = self.start + a
             heap.extend(
                 (g, base + k) for k, g in enumerate(gains.tolist()) if base + k not in chosen
             )
         heapq.heapify(heap)
-        self.n_gain_evals += self.cost.shape[0]
+        self.n_gain_evals += self.stop - self.start
         self._heap, self._held = heap, None
 
     def greedy_best(
-        self, col_min: np.ndarray, chosen: np.ndarray
+        self, col_min: np.ndarray, chosen: np.ndarray, margin: float = 0.0
     ) -> tuple[float, int, np.ndarray] | None:
         """Exact arg-min of ``(gain, row)`` over this shard's non-members, lazily.
 
@@ -230,34 +269,41 @@ class CostShard:
         chosen : (s,) int64
             Current S (global rows). The row returned by the previous call is put back in the
             heap unless it was chosen.
+        margin : float
+            0: float64 gains ``Σ_j min(c_kj - m_j, 0)``, whose stale values are exact lower
+            bounds. > 0: the reference's float32 gains (:func:`reference_gains`), whose stale
+            values are lower bounds up to ``margin`` (twice their rounding error), so every row
+            whose stale gain is within ``margin`` of the best fresh one is re-evaluated too.
 
         Returns
         -------
         (gain, row, cost row (M,) float32), or None when every row is a member.
         """
         members = set(np.asarray(chosen).tolist())
+        reference = margin > 0
         if self._heap is None:
-            self._build_heap(col_min, members)
+            self._build_heap(col_min, members, reference)
         heap = self._heap
         if self._held is not None and self._held[1] not in members:
             heapq.heappush(heap, self._held)
         self._held = None
         if not heap:
             return None
+        fresh_seen: list[tuple[float, int]] = []
         while True:
             popped = [heapq.heappop(heap) for _ in range(min(_POP_BATCH, len(heap)))]
             ids = np.array([i for _, i in popped])
-            fresh = greedy_gains(self.cost[ids - self.start], col_min)
+            fresh = self._gains(self.rows(ids), col_min, reference)
             self.n_gain_evals += len(ids)
-            best = min(zip(fresh.tolist(), ids.tolist()))
-            for item in zip(fresh.tolist(), ids.tolist()):
-                if item != best:
-                    heapq.heappush(heap, item)
-            if not heap or best <= heap[0]:
+            fresh_seen.extend(zip(fresh.tolist(), ids.tolist()))
+            best = min(fresh_seen)
+            if not heap or (best[0] + margin, best[1]) <= heap[0]:
                 break
-            heapq.heappush(heap, best)
+        for item in fresh_seen:
+            if item != best:
+                heapq.heappush(heap, item)
         self._held = best
-        return best[0], best[1], self.cost[best[1] - self.start].copy()
+        return best[0], best[1], self.rows([best[1]])[0].copy()
 
     # -- refinement -------------------------------------------------------------------------
     def _scores(self, ids: np.ndarray, duals: DualColumns, n: int, estimator: Estimator):
@@ -265,12 +311,14 @@ class CostShard:
         for a in range(0, len(ids), 512):
             part = ids[a : a + 512]
             out[a : a + 512] = pruning_scores(
-                self.cost[part - self.start], part, duals, n=n, estimator=estimator
+                self.rows(part), part, duals, n=n, estimator=estimator
             )
         return out
 
     def _group_bounds(self, ids: np.ndarray, duals: DualColumns, n: int) -> np.ndarray:
         """``min_g (min_{j∈g} c_kj - max_{j∈g} f_j) / n`` for rows ``ids``, (k,) float64."""
+        if self.group_min is None:
+            self._group_minima()
         f_max = np.maximum.reduceat(duals.f[self.col_order], self.group_starts)
         low = (self.group_min[ids - self.start] - f_max).min(axis=1)
         return (low - 1e-6 * (1.0 + float(np.abs(duals.f).max()))) / n
@@ -280,9 +328,7 @@ class CostShard:
         f32 = duals.f.astype(np.float32)
         low = np.empty(len(ids), dtype=np.float64)
         for a in range(0, len(ids), _BLOCK_ROWS):
-            low[a : a + _BLOCK_ROWS] = (self.cost[ids[a : a + _BLOCK_ROWS] - self.start] - f32).min(
-                axis=1
-            )
+            low[a : a + _BLOCK_ROWS] = (self.rows(ids[a : a + _BLOCK_ROWS]) - f32).min(axis=1)
         return (low - 1e-6 * (1.0 + float(np.abs(duals.f).max()))) / n
 
     def candidates(
@@ -328,8 +374,124 @@ class CostShard:
         return ShardCandidates(
             outer=outer,
             outer_scores=scores[keep],
-            outer_rows=self.cost[outer - self.start].copy(),
+            outer_rows=self.rows(outer).copy(),
             members=own_members,
             member_scores=self._scores(own_members, duals, n, estimator),
             n_scored=len(scored) + len(own_members),
         )
+
+
+class CostShard(RowShard):
+    """Float32 POO cost rows ``[start, start + b)``, stored.
+
+    Parameters
+    ----------
+    train_emb : (b, d) float32
+        The shard's training rows.
+    valid_emb : (M, d) float32
+    grad_norms : (b,) float32 or None
+    start : int
+        Global row index of the first row.
+
+    Memory: b·M·4 bytes for the cached cost plus ~_BLOCK_ROWS·M·24 bytes of temporaries.
+    """
+
+    def __init__(
+        self,
+        train_emb: np.ndarray,
+        valid_emb: np.ndarray,
+        grad_norms: np.ndarray | None,
+        *,
+        start: int,
+    ) -> None:
+        n_rows = train_emb.shape[0]
+        self._init_state(start, start + n_rows, valid_emb)
+        self.grads = None if grad_norms is None else np.asarray(grad_norms, dtype=np.float32)
+        self.cost = np.empty((n_rows, valid_emb.shape[0]), dtype=np.float32)
+        self._raw_distances(train_emb, valid_emb, _BLOCK_ROWS, self.cost)
+
+    @classmethod
+    def from_cost(cls, cost: np.ndarray, *, start: int = 0) -> CostShard:
+        """Wrap an already normalised (b, M) float32 cost matrix (no copy when it is float32).
+
+        Column groups come from the costs of a few evenly spaced rows.
+        """
+        shard = cls.__new__(cls)
+        shard.cost = np.asarray(cost, dtype=np.float32)
+        n_rows = shard.cost.shape[0]
+        sample = np.unique(np.linspace(0, n_rows - 1, min(n_rows, _GROUP_SAMPLE_ROWS)).astype(int))
+        shard._init_state(start, start + n_rows, np.ascontiguousarray(shard.cost[sample].T))
+        shard.grads = None
+        shard.scales = None
+        return shard
+
+    def block(self, local: np.ndarray) -> np.ndarray:
+        return self.cost[local]
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
+            yield a, self.cost[a : a + _BLOCK_ROWS]
+
+    def _apply_scales(self, scales: CostScales) -> None:
+        for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
+            grads = None if self.grads is None else self.grads[a : a + _BLOCK_ROWS]
+            normalize_block(self.cost[a : a + _BLOCK_ROWS], grads, scales)
+
+
+class RecomputedShard(RowShard):
+    """POO cost rows ``[start, start + b)`` recomputed from the embeddings on demand.
+
+    No (b, M) array is kept: :meth:`blocks` recomputes ``block_rows`` rows at a time, with
+    ``block_rows`` chosen so that one block's temporaries fit ``memory_bytes``; random rows
+    (greedy re-evaluations, candidates) are recomputed as asked. Rows equal
+    :class:`CostShard`'s bit for bit (the same float64 distance and normalisation pieces).
+
+    Parameters
+    ----------
+    train_emb : (b, d) float32
+    valid_emb : (M, d) float32
+    grad_norms : (b,) float32 or None
+    start : int
+    memory_bytes : int
+        Budget for one block's temporaries (about 24 bytes per cost entry).
+
+    Memory: b·d·4 (embeddings) + b·G·4 (group minima) + ``memory_bytes``; time: each pass over
+    the rows costs a (b × d) × (d × M) float64 product.
+    """
+
+    def __init__(
+        self,
+        train_emb: np.ndarray,
+        valid_emb: np.ndarray,
+        grad_norms: np.ndarray | None,
+        *,
+        start: int,
+        memory_bytes: int = 256 * 2**20,
+    ) -> None:
+        self.train = np.ascontiguousarray(train_emb, dtype=np.float32)
+        self.valid = np.ascontiguousarray(valid_emb, dtype=np.float32)
+        n_rows = self.train.shape[0]
+        self._init_state(start, start + n_rows, self.valid)
+        self.grads = None if grad_norms is None else np.asarray(grad_norms, dtype=np.float32)
+        self.block_rows = max(1, int(memory_bytes // (24 * max(1, self.valid.shape[0]))))
+        self._raw_distances(self.train, self.valid, self.block_rows, None)
+
+    def _apply_scales(self, scales: CostScales) -> None:
+        pass  # rows are normalised as they are recomputed
+
+    def block(self, local: np.ndarray) -> np.ndarray:
+        if self.scales is None:
+            raise ValueError("call `normalize(scales)` before reading cost rows")
+        local = np.asarray(local)
+        out = np.empty((len(local), self.valid.shape[0]), dtype=np.float32)
+        for a in range(0, len(local), self.block_rows):
+            part = local[a : a + self.block_rows]
+            dist = distance_block(self.train[part], self.valid)
+            grads = None if self.grads is None else self.grads[part]
+            out[a : a + len(part)] = normalize_block(dist, grads, self.scales)
+        return out
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        n_rows = self.stop - self.start
+        for a in range(0, n_rows, self.block_rows):
+            yield a, self.block(np.arange(a, min(a + self.block_rows, n_rows)))

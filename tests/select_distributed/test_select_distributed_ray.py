@@ -10,6 +10,7 @@ import pytest
 from goracs_ray.select.cost import cost_matrix
 from goracs_ray.select.greedy import greedy_init
 from goracs_ray.select.itra import select_coreset
+from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.refine import refine
 from goracs_ray.select.types import FeatureTable
 
@@ -37,10 +38,10 @@ def test_waves_give_the_serial_coreset_for_1_2_4_evaluators(ray_local, data):
     for batch in (1, 3):
         serial = refine(cost, greedy.indices, batch_size=batch, **OPTS)
         assert len(serial.swaps) >= 2
-        opts = {
-            "estimator": "corrected", "batch_size": batch, "warm_start": True,
-            "time_limit": None, "tol": 1e-12, **OPTS,
-        }  # fmt: skip
+        opts = ItraOptions(
+            estimator="corrected", batch_size=batch, warm_start=True, time_limit=None, tol=1e-12,
+            **OPTS,
+        )  # fmt: skip
         for workers in (1, 2, 4):
             ref, info = ray_local.get(selector.refine.remote(greedy.indices, opts, workers))
             np.testing.assert_array_equal(ref.indices, serial.indices)
@@ -125,3 +126,25 @@ def test_cli_select_distributed_writes_the_serial_coreset(ray_local, data, tmp_p
     waves = trace["info"]["parts"][0]["distributed"]["waves"]
     assert waves
     assert all(w["workers"] <= 2 and w["seconds"] >= 0 for w in waves)
+
+
+def test_a_killed_selector_resumes_from_its_checkpoint(ray_local, data, tmp_path):
+    from goracs_ray.select.distributed import FaultPlan, WorkerSettings, select_distributed
+
+    train, valid, grads = data
+    serial = select_coreset(train, valid, grads, 20, 0.1, batch_size=2, **OPTS)
+    assert len(serial.parts[0].refinement.swaps) >= 3
+    marker = tmp_path / "crashed"
+    features = FeatureTable(
+        train_ids=np.arange(len(train)), train_emb=train, valid_emb=valid, grad_norms=grads
+    )
+    result = select_distributed(
+        features, 20, lam=0.1, batch_size=2, workers=WorkerSettings(evaluators=2, shards=2),
+        fault=FaultPlan(target="selector", index=0, method="swap", call=2, marker=str(marker)),
+        checkpoint_dir=tmp_path / "ckpt", **OPTS,
+    )  # fmt: skip
+    assert marker.exists(), "the selector was never killed"
+    part = result.trace()["parts"][0]
+    assert part["selector_restarts"] == 1
+    np.testing.assert_array_equal(result.ids, serial.ids)
+    assert part["poo_trace"] == serial.trace()["parts"][0]["poo_trace"]
