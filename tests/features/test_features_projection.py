@@ -32,8 +32,12 @@ def test_same_seed_same_projection_anywhere():
     a = GradProjector(2500, 64, seed=3, chunk_size=512)
     b = GradProjector(2500, 64, seed=3, chunk_size=512, cache_bytes=0)  # regenerates chunks
     full = a(g)
+    for c in range(-(-2500 // 512)):  # the same matrix, bit for bit, cached or regenerated
+        np.testing.assert_array_equal(a.chunk(c).numpy(), b.chunk(c).numpy())
     np.testing.assert_array_equal(b(g).numpy(), full.numpy())
-    np.testing.assert_array_equal(a(g[4:7]).numpy(), full[4:7].numpy())
+    # A row subset is the same projection; BLAS may block a 3-row product differently from a
+    # 10-row one (measured: 1e-5 apart on this machine's CPU), so equal to float32 rounding.
+    np.testing.assert_allclose(a(g[4:7]).numpy(), full[4:7].numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(a(g).numpy(), full.numpy())  # cached chunks, same again
     c = GradProjector(2500, 64, seed=4, chunk_size=512)
     assert not np.allclose(c(g).numpy(), full.numpy())
