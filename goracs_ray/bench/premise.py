@@ -22,7 +22,7 @@ from goracs_ray.bench.config import FULL_DATA
 from goracs_ray.io import write_parquet
 from goracs_ray.select.poo import coreset_poo, spearman
 
-__all__ = ["Correlation", "premise_lines", "premise_table"]
+__all__ = ["Correlation", "correlations", "premise_lines", "premise_table"]
 
 _N_BOOT = 2000
 
