@@ -100,10 +100,9 @@ def test_candidate_scores_rejects_ragged_candidates(models):
         candidate_scores(model, tok, ["a"], [["x"]], max_length=32, candidate_batch=0)
 
 
-@pytest.mark.usefixtures("fresh_embedding_cache")
-def test_seqrec_evaluate_reports_both_rankings(tmp_path, eval_data, eval_model_dir):
-    cfg = EvalConfig(batch_size=4, num_beams=2, max_new_tokens=8, max_length=128, candidate_batch=4)
-    result = evaluate(
+def _evaluate_seqrec(cfg, tmp_path, eval_data, eval_model_dir):
+    """`evaluate` of the base model on the SeqRec fixture samples into ``tmp_path/eval``."""
+    return evaluate(
         cfg,
         model_path=eval_model_dir,
         adapter_path=None,
@@ -111,6 +110,12 @@ def test_seqrec_evaluate_reports_both_rankings(tmp_path, eval_data, eval_model_d
         items=eval_data["items"],
         out_dir=tmp_path / "eval",
     )
+
+
+@pytest.mark.usefixtures("fresh_embedding_cache")
+def test_seqrec_evaluate_reports_both_rankings(tmp_path, eval_data, eval_model_dir):
+    cfg = EvalConfig(batch_size=4, num_beams=2, max_new_tokens=8, max_length=128, candidate_batch=4)
+    result = _evaluate_seqrec(cfg, tmp_path, eval_data, eval_model_dir)
     preds = pq.read_table(tmp_path / "eval" / "predictions.parquet")
     assert preds.column_names == ["sample_id", "rank", "target_loss", "grounded_rank", "generated"]
     types = {f.name: str(f.type) for f in preds.schema}
@@ -147,14 +152,7 @@ def test_seqrec_evaluate_reports_both_rankings(tmp_path, eval_data, eval_model_d
 @pytest.mark.usefixtures("fresh_embedding_cache")
 def test_seqrec_grounding_only_keeps_the_prefix(tmp_path, eval_data, eval_model_dir):
     cfg = EvalConfig(num_beams=2, max_new_tokens=4, max_length=128, seqrec_ranking=["grounding"])
-    result = evaluate(
-        cfg,
-        model_path=eval_model_dir,
-        adapter_path=None,
-        test_samples=eval_data["seqrec"],
-        items=eval_data["items"],
-        out_dir=tmp_path / "eval",
-    )
+    result = _evaluate_seqrec(cfg, tmp_path, eval_data, eval_model_dir)
     assert {"grounded_ndcg@10", "grounded_hr@10", "grounded_mean_rank"} <= set(result)
     assert not {"ndcg@10", "mean_rank", "test_loss"} & set(result)
     preds = pq.read_table(tmp_path / "eval" / "predictions.parquet")
@@ -165,14 +163,7 @@ def test_seqrec_grounding_only_keeps_the_prefix(tmp_path, eval_data, eval_model_
 
 def test_seqrec_likelihood_only(tmp_path, eval_data, eval_model_dir):
     cfg = EvalConfig(max_length=128, seqrec_ranking=["likelihood"])
-    result = evaluate(
-        cfg,
-        model_path=eval_model_dir,
-        adapter_path=None,
-        test_samples=eval_data["seqrec"],
-        items=eval_data["items"],
-        out_dir=tmp_path / "eval",
-    )
+    result = _evaluate_seqrec(cfg, tmp_path, eval_data, eval_model_dir)
     assert {"ndcg@10", "hr@10", "mean_rank", "test_loss"} <= set(result)
     assert not any(k.startswith("grounded_") for k in result)
     preds = pq.read_table(tmp_path / "eval" / "predictions.parquet")
