@@ -28,6 +28,7 @@ __all__ = [
     "ctr_loss_from_logits2",
     "ctr_targets",
     "ctr_token_ids",
+    "loss_window",
     "token_loss_from_hidden",
 ]
 
@@ -144,6 +145,34 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     """
     first = (labels != IGNORE_INDEX).to(torch.int64).argmax(-1)
     return (first - 1).clamp_min(0)
+
+
+def loss_window(labels: torch.Tensor) -> int:
+    """Number ``K`` of final positions whose logits every loss of the batch reads.
+
+    With right padding the answer sits at the end of each sample, so a model called with
+    ``logits_to_keep=K`` (transformers' public forward argument) computes the LM head on ``K``
+    positions instead of ``T``; slice the labels alike (``labels[:, -K:]``) and
+    :func:`causal_lm_loss`, :func:`ctr_loss` and :func:`answer_positions` give the same values as
+    on the full sequence. The window starts at the last prompt token of the sample whose answer
+    starts earliest.
+
+    Parameters
+    ----------
+    labels : (B, T) int64
+
+    Returns
+    -------
+    int
+        In ``[1, T]``; ``T`` when no label is set (nothing to save).
+    """
+    seq_len = int(labels.shape[1])
+    has = labels != IGNORE_INDEX
+    rows = has.any(dim=1)
+    if not bool(rows.any()):
+        return seq_len
+    first = has.to(torch.int64).argmax(dim=1)[rows].min()
+    return min(seq_len, seq_len - int(first) + 1)
 
 
 def ctr_targets(labels: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

@@ -246,33 +246,66 @@ def test_bench_config_quick_overrides_and_errors(tmp_path):
         load_bench_config(_write(tmp_path, {"bench": {"budgets": [0]}}))
 
 
-def test_default_benchmark_arms_headroom_then_methods_then_the_poo_study():
-    """jobs/configs/bench_ml100k.yaml: full data and random at the headroom budgets first (the
-    longest), every method at the selection budget, then the extra random coresets of the POO
-    study, each fine-tuned with the first seed."""
+def _default_config(name: str):
     from pathlib import Path
 
-    from goracs_ray.bench import bench_arms, load_bench_config
+    from goracs_ray.bench import load_bench_config
 
-    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "bench_ml100k.yaml"
-    cfg = load_bench_config(path)
+    return load_bench_config(Path(__file__).resolve().parents[2] / "jobs" / "configs" / name)
+
+
+def test_default_headroom_benchmark_arms_longest_first():
+    """jobs/configs/bench_ml100k_headroom.yaml: full data, then random at the headroom budgets
+    (largest first), then random at the selection budget; nothing else."""
+    from goracs_ray.bench import bench_arms
+
+    cfg = _default_config("bench_ml100k_headroom.yaml")
+    arms = bench_arms(cfg)
+    seeds = cfg.bench.seeds
+    assert len(seeds) >= 3 and len(cfg.bench.headroom_budgets) + len(cfg.bench.budgets) >= 3
+    assert [a.name for a in arms[: len(seeds)]] == ["full_data"] * len(seeds)
+    rest = arms[len(seeds) :]
+    assert {a.name for a in rest} == {"random"}
+    budgets = [*cfg.bench.headroom_budgets, *cfg.bench.budgets]
+    assert [a.select.budget for a in rest] == sorted(
+        [b for b in budgets for _ in seeds], reverse=True
+    )
+    assert len({a.path for a in arms}) == len(arms)
+
+
+def test_default_method_benchmark_arms_methods_then_the_poo_study():
+    """jobs/configs/bench_ml100k.yaml: every method at the selection budget, then the extra random
+    coresets of the POO study, each fine-tuned with the first seed."""
+    from goracs_ray.bench import bench_arms
+
+    cfg = _default_config("bench_ml100k.yaml")
     arms = bench_arms(cfg)
     seeds, specs = cfg.bench.seeds, cfg.bench.specs
-    n_headroom = len(cfg.bench.headroom_budgets) * len(seeds)
-    assert [a.name for a in arms[: len(seeds)]] == ["full_data"] * len(seeds)
-    headroom = arms[len(seeds) : len(seeds) + n_headroom]
-    assert {a.name for a in headroom} == {"random"}
-    assert [a.select.budget for a in headroom] == sorted(
-        [b for b in cfg.bench.headroom_budgets for _ in seeds], reverse=True
-    )
+    assert not cfg.bench.full_data and not cfg.bench.headroom_budgets
     study = [a for a in arms if a.name == "poo_random"]
     assert len(study) == cfg.bench.poo_correlation.random_subsets >= 20
     assert len({a.select.seed for a in study}) == len(study)
     assert {a.train_seed for a in study} == {seeds[0]}
     assert {a.select.budget for a in study} == {cfg.bench.poo_budget} == set(cfg.bench.budgets)
-    methods = arms[len(seeds) + n_headroom : len(arms) - len(study)]
+    methods = arms[: len(arms) - len(study)]
     assert len(methods) == len(specs) * len(seeds) * len(cfg.bench.budgets)
+    assert list(dict.fromkeys(a.name for a in methods)) == [m.name for m in specs]
+    assert [m.name for m in specs[:2]] == ["random", "goracs"]
     assert len({a.path for a in arms}) == len(arms)  # every arm has its own stage dirs
+
+
+def test_default_benchmarks_share_one_substrate():
+    """The headroom and the method comparison must measure the same thing: identical data, model,
+    features, fine-tuning and evaluation settings, and the same selection budget and seeds."""
+    import dataclasses
+
+    headroom = _default_config("bench_ml100k_headroom.yaml")
+    methods = _default_config("bench_ml100k.yaml")
+    for section in ("data", "model", "features", "select", "train", "eval"):
+        assert getattr(headroom, section) == getattr(methods, section), section
+    assert headroom.bench.budgets == methods.bench.budgets
+    assert headroom.bench.seeds == methods.bench.seeds
+    assert headroom.run_dir != methods.run_dir
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from goracs_ray.models.losses import (
     ctr_loss,
     ctr_targets,
     ctr_token_ids,
+    loss_window,
 )
 from goracs_ray.models.synthetic import synthetic_samples
 from goracs_ray.models.text import tokenize_samples
@@ -80,3 +81,45 @@ def test_ctr_logits_and_loss(lm):
         np.testing.assert_allclose(two[i].numpy(), logits[i, first[i] - 1, ids].numpy())
     ref = F.cross_entropy(two, targets, reduction="none")
     np.testing.assert_allclose(ctr_loss(logits, b["labels"], ids).numpy(), ref.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["seqrec", "ctr"])
+def test_loss_window_gives_the_full_sequence_losses(lm, task):
+    """`logits_to_keep=loss_window(labels)` (the fine-tuning path) changes no sample's loss."""
+    from goracs_ray.data.schema import Task
+    from goracs_ray.train.core import batch_losses
+
+    model, tok = lm
+    model.eval()
+    b = _batch(tok, task, n=6)
+    keep = loss_window(b["labels"])
+    seq_len = b["labels"].shape[1]
+    first = int((b["labels"] != -100).int().argmax(-1).min())
+    assert keep == seq_len - first + 1 < seq_len  # the earliest answer's last prompt token onward
+    ids = ctr_token_ids(tok)
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        full = (
+            ctr_loss(logits, b["labels"], ids)
+            if task == "ctr"
+            else causal_lm_loss(logits, b["labels"])
+        )
+        windowed = batch_losses(model, b, task=Task(task), yes_no_ids=ids)
+    np.testing.assert_allclose(windowed.numpy(), full.numpy(), rtol=1e-5, atol=1e-6)
+    # One position fewer loses the earliest answer's first token: the window is the smallest.
+    short = keep - 1
+    if task == "seqrec":
+        cut = causal_lm_loss(logits[:, -short:], b["labels"][:, -short:])
+    else:
+        cut = ctr_loss(logits[:, -short:], b["labels"][:, -short:], ids)
+    assert not torch.allclose(cut, full)
+
+
+def test_loss_window_edges():
+    labels = torch.full((2, 7), -100)
+    assert loss_window(labels) == 7  # no label: keep everything
+    labels[0, 5:] = 1
+    labels[1, 3:5] = 1
+    assert loss_window(labels) == 5  # positions 2..6: the last prompt token of row 1 onward
+    labels[1, 0] = 1
+    assert loss_window(labels) == 7  # capped at T
