@@ -262,7 +262,8 @@ def test_default_headroom_benchmark_arms_longest_first():
     cfg = _default_config("bench_ml100k_headroom.yaml")
     arms = bench_arms(cfg)
     seeds = cfg.bench.seeds
-    assert len(seeds) >= 3 and len(cfg.bench.headroom_budgets) + len(cfg.bench.budgets) >= 3
+    assert len(seeds) >= 3
+    assert len(cfg.bench.headroom_budgets) + len(cfg.bench.budgets) >= 3
     assert [a.name for a in arms[: len(seeds)]] == ["full_data"] * len(seeds)
     rest = arms[len(seeds) :]
     assert {a.name for a in rest} == {"random"}
@@ -281,7 +282,8 @@ def test_default_method_benchmark_arms_methods_then_the_poo_study():
     cfg = _default_config("bench_ml100k.yaml")
     arms = bench_arms(cfg)
     seeds, specs = cfg.bench.seeds, cfg.bench.specs
-    assert not cfg.bench.full_data and not cfg.bench.headroom_budgets
+    assert not cfg.bench.full_data
+    assert not cfg.bench.headroom_budgets
     study = [a for a in arms if a.name == "poo_random"]
     assert len(study) == cfg.bench.poo_correlation.random_subsets >= 20
     assert len({a.select.seed for a in study}) == len(study)
@@ -297,7 +299,6 @@ def test_default_method_benchmark_arms_methods_then_the_poo_study():
 def test_default_benchmarks_share_one_substrate():
     """The headroom and the method comparison must measure the same thing: identical data, model,
     features, fine-tuning and evaluation settings, and the same selection budget and seeds."""
-    import dataclasses
 
     headroom = _default_config("bench_ml100k_headroom.yaml")
     methods = _default_config("bench_ml100k.yaml")
