@@ -37,7 +37,7 @@ from goracs_ray.select.checkpoint import Checkpoint
 from goracs_ray.select.compress import compress_validation
 from goracs_ray.select.cost import CostScales, cost_scales
 from goracs_ray.select.greedy import greedy_init
-from goracs_ray.select.itra import CoresetResult, ItraResult, itra, select_features
+from goracs_ray.select.itra import CoresetResult, ItraPart, ItraResult, itra, select_features
 from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.ot import OTSolution
 from goracs_ray.select.refine import RefineResult, evaluate_swap, refine
@@ -297,14 +297,8 @@ def start_selector(
 
 
 def _run_part(
-    train_emb: np.ndarray,
-    valid_emb: np.ndarray,
-    grad_norms: np.ndarray | None,
-    n_k: int,
-    cost_options: dict[str, Any],
-    options: ItraOptions,
+    part: ItraPart,
     *,
-    checkpoint: Checkpoint | None = None,
     progress: bool = False,
     workers: WorkerSettings,
     fault: FaultPlan | None,
@@ -313,23 +307,23 @@ def _run_part(
     """The Ray :data:`goracs_ray.select.itra.PartRunner`: sharded cost, then the ITRA driver.
 
     A selector that dies is replaced (up to ``workers.max_restarts`` times) and the new one
-    resumes from ``checkpoint``; without a checkpoint the error is raised.
+    resumes from ``part.checkpoint``; without a checkpoint the error is raised.
     """
     del progress  # no bars inside actors
     t_start = time.perf_counter()
-    target = None
+    valid_emb, checkpoint, target = part.valid_emb, part.checkpoint, None
     if compress_valid is not None and len(valid_emb) > compress_valid:
         target = compress_validation(valid_emb, compress_valid)
         valid_emb = target.points
     for attempt in range(workers.max_restarts + 1):
         selector, _inputs = start_selector(
-            train_emb, valid_emb, grad_norms, workers=workers, fault=fault
+            part.train_emb, valid_emb, part.grad_norms, workers=workers, fault=fault
         )
         try:
             t0 = time.perf_counter()
-            scales = ray.get(selector.prepare.remote(cost_options))
+            scales = ray.get(selector.prepare.remote(part.cost_options))
             t1 = time.perf_counter()
-            part = ray.get(selector.run.remote(n_k, options, checkpoint))
+            result = ray.get(selector.run.remote(part.budget, part.options, checkpoint))
             break
         except ray.exceptions.RayActorError:
             if checkpoint is None or attempt == workers.max_restarts:
@@ -339,8 +333,8 @@ def _run_part(
         finally:
             ray.kill(selector)
     info: dict[str, Any] = {"evaluators": workers.evaluators, "shards": workers.shards}
-    if part.refinement is not None:
-        info.update(part.refinement.info)
+    if result.refinement is not None:
+        info.update(result.refinement.info)
     info = {"distributed": info, "selector_restarts": attempt}
     if target is not None:
         bound = target.poo_change_bound(scales)
@@ -350,9 +344,9 @@ def _run_part(
         }  # fmt: skip
         logger.info(
             "validation compressed %d -> %d points: |ΔPOO| <= %.4g (POO %.6f)",
-            target.n_valid, len(target.points), bound, part.poo,
+            target.n_valid, len(target.points), bound, result.poo,
         )  # fmt: skip
-    return dataclasses.replace(part, seconds={"cost": t1 - t0, **part.seconds}, info=info)
+    return dataclasses.replace(result, seconds={"cost": t1 - t0, **result.seconds}, info=info)
 
 
 def select_distributed(

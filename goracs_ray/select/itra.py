@@ -28,6 +28,7 @@ from goracs_ray.select.types import FeatureTable, Selection
 __all__ = [
     "CoresetResult",
     "ItraResult",
+    "ItraPart",
     "PartRunner",
     "itra",
     "label_budgets",
@@ -266,34 +267,53 @@ def _check_options(budget: int, lam: float) -> None:
         raise ValueError(f"`lam` must be a finite number >= 0 (0 = pure matching), got {lam!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class ItraPart:
+    """One ITRA problem of a selection: a class's rows (label-enhanced ITRA) or the whole pool.
+
+    Attributes
+    ----------
+    train_emb : (N_k, d) float
+    valid_emb : (M_k, d) float
+    grad_norms : (N_k,) float or None
+        None when λ = 0.
+    budget : int
+        Coreset size n_k of this part.
+    cost_options : dict
+        :func:`cost_matrix`'s keywords (``lam``, ``divide_distance``, ``grad_max``,
+        ``block_rows``).
+    options : ItraOptions
+    checkpoint : Checkpoint or None
+        Where ITRA saves and resumes this part.
+    """
+
+    train_emb: np.ndarray
+    valid_emb: np.ndarray
+    grad_norms: np.ndarray | None
+    budget: int
+    cost_options: dict[str, Any]
+    options: ItraOptions
+    checkpoint: Checkpoint | None = None
+
+
 PartRunner = Callable[..., ItraResult]
-"""``(train_emb, valid_emb, grad_norms, n_k, cost_options, options, *, checkpoint, progress)
--> ItraResult`` for one class: builds the POO cost (``cost_options`` are :func:`cost_matrix`'s
-keywords) and runs :func:`itra` with ``options`` (:class:`ItraOptions`) and ``checkpoint``;
-``seconds["cost"]`` reports the cost time."""
+"""``(part: ItraPart, *, progress: bool) -> ItraResult``: builds the POO cost of ``part`` and
+runs :func:`itra` on it; ``seconds["cost"]`` reports the cost time."""
 
 
-def run_part_local(
-    train_emb: np.ndarray,
-    valid_emb: np.ndarray,
-    grad_norms: np.ndarray | None,
-    n_k: int,
-    cost_options: dict[str, Any],
-    options: ItraOptions,
-    *,
-    checkpoint: Checkpoint | None = None,
-    progress: bool = False,
-) -> ItraResult:
+def run_part_local(part: ItraPart, *, progress: bool = False) -> ItraResult:
     """The in-process :data:`PartRunner`: the full cost matrix, then :func:`itra`.
 
     Memory: N_k·M_k·4 bytes for the cost plus ITRA's working set.
     """
     t0 = time.perf_counter()
-    cost = cost_matrix(train_emb, valid_emb, grad_norms, **cost_options).values
+    cost = cost_matrix(part.train_emb, part.valid_emb, part.grad_norms, **part.cost_options).values
     t1 = time.perf_counter()
-    logger.info("ITRA on %d x %d, budget %d", *cost.shape, n_k)
-    part = itra(cost, n_k, options=options, checkpoint=checkpoint, progress=progress)
-    return dataclasses.replace(part, seconds={"cost": t1 - t0, **part.seconds})
+    logger.info("ITRA on %d x %d, budget %d", *cost.shape, part.budget)
+    result = itra(
+        cost, part.budget, options=part.options, checkpoint=part.checkpoint, progress=progress
+    )
+    return dataclasses.replace(result, seconds={"cost": t1 - t0, **result.seconds})
 
 
 def _class_groups(
@@ -381,9 +401,9 @@ def select_features(
             name = "part-all.npz" if cls is None else f"part-{cls}.npz"
             checkpoint = Checkpoint(Path(checkpoint_dir) / name, key)
         part = part_runner(
-            train, valid, part_grads, n_k, cost_options, opts,
-            checkpoint=checkpoint, progress=progress,
-        )  # fmt: skip
+            ItraPart(train, valid, part_grads, n_k, cost_options, opts, checkpoint),
+            progress=progress,
+        )
         seconds["cost"] += part.seconds.get("cost", 0.0)
         seconds["greedy"] += part.seconds["greedy"]
         seconds["refine"] += part.seconds["refine"]

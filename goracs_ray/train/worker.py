@@ -276,6 +276,7 @@ def train_func(config: dict[str, Any]) -> None:
     """
     import ray.train
 
+    torch.set_num_threads(config["cfg"].worker_threads)
     w, stopper, best = _start(config)
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")

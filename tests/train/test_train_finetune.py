@@ -152,11 +152,20 @@ def test_deepspeed_auto_is_stage_2_on_gpu_only():
         ({"lr": 0.0}, "train.lr"),
         ({"warmup_steps": -1}, "train.warmup_steps"),
         ({"max_valid_samples": 0}, "train.max_valid_samples"),
+        ({"torch_threads": 0}, "train.torch_threads"),
     ],
 )
 def test_train_config_rejects_bad_values(kw, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         TrainConfig(**kw)
+
+
+def test_worker_threads_follow_the_reserved_cpus():
+    """A worker never runs more torch threads than the CPUs it reserved (at least 1)."""
+    assert TrainConfig(cpus_per_worker=0.5).worker_threads == 1
+    assert TrainConfig(cpus_per_worker=1.0).worker_threads == 1
+    assert TrainConfig(cpus_per_worker=3.7).worker_threads == 3
+    assert TrainConfig(cpus_per_worker=0.5, torch_threads=4).worker_threads == 4
 
 
 def test_missing_deepspeed_json_names_the_field(tmp_path):
