@@ -25,6 +25,7 @@ from goracs_ray.evaluate import evaluate
 from goracs_ray.features import compute_features
 from goracs_ray.select.config import SelectConfig, run_select
 from goracs_ray.select.inputs import load_feature_table
+from goracs_ray.select.output import coreset_samples, coreset_table
 from goracs_ray.select.types import Selection
 from goracs_ray.train import finetune
 
@@ -49,13 +50,21 @@ def select(features: Any, cfg: SelectConfig, *, samples: Any = None, label_colum
         Method, budget and options.
     samples : ray.data.Dataset or path, optional
         Training samples (SAMPLE_SCHEMA). When given, the selected samples themselves are
-        returned (ready for :func:`finetune`), else rows of (sample_id, rank).
+        returned in rank order (ready for :func:`finetune`), else rows of (sample_id, rank).
     label_column : str, optional
         Column of ``features`` holding class labels, for label-enhanced selection.
 
-    Memory: the features are materialised once on the driver (N·d + M·d float32).
+    Memory: the features are materialised once on the driver (N·d + M·d float32), and so is
+    the coreset's rows of ``samples``.
+
+    Raises
+    ------
+    ValueError
+        A selected id is missing from ``samples`` (samples and features do not match).
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import ray
 
     if isinstance(features, (str, os.PathLike)):
@@ -64,11 +73,17 @@ def select(features: Any, cfg: SelectConfig, *, samples: Any = None, label_colum
         with tempfile.TemporaryDirectory(prefix="goracs_features_") as tmp:
             features.write_parquet(tmp)
             selection = select_table(tmp, cfg, label_column=label_column)
-    ranks = {sid: rank for rank, sid in enumerate(selection.ids.tolist())}
     if samples is None:
-        return ray.data.from_arrow(
-            pa.table({"sample_id": list(ranks), "rank": list(ranks.values())})
-        )
+        return ray.data.from_arrow(coreset_table(selection).select(["sample_id", "rank"]))
     if isinstance(samples, (str, os.PathLike)):
-        samples = ray.data.read_parquet(str(Path(samples)))
-    return samples.filter(lambda row: row["sample_id"] in ranks)
+        table = pq.read_table(Path(samples))
+    else:
+        wanted = pa.array(selection.ids)
+
+        def keep(batch: pa.Table) -> pa.Table:
+            return batch.filter(pc.is_in(batch.column("sample_id"), wanted))
+
+        # The coreset (budget rows) is gathered on the driver to put it in rank order.
+        refs = samples.map_batches(keep, batch_format="pyarrow").to_arrow_refs()
+        table = pa.concat_tables(ray.get(refs))
+    return ray.data.from_arrow(coreset_samples(table, selection.ids))

@@ -20,7 +20,7 @@ from goracs_ray.features.config import FeaturesConfig, TinyModelConfig
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.train.config import TrainConfig
 
-__all__ = ["ModelConfig", "RayConfig", "RunConfig", "load_config"]
+__all__ = ["ModelConfig", "RayConfig", "RunConfig", "load_config", "read_section"]
 
 
 @dataclasses.dataclass
@@ -103,3 +103,27 @@ def load_config(
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
     apply_overrides(data, list(overrides))
     return from_dict(RunConfig, data)
+
+
+_SECTION_ALIASES = {"eval": ("eval", "evaluate")}
+"""Run-YAML sections that stage commands also accept under another name."""
+
+
+def read_section(
+    path: str | os.PathLike[str] | None, section: str, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One stage's settings from a YAML: its ``section:`` of a run YAML, or a stage YAML.
+
+    A run YAML (top-level keys are run sections: ``data``, ``train``, …) gives its ``section:``
+    mapping, or ``{}`` (the defaults) when it has none; any other YAML holds the stage's fields
+    at its top level. ``section`` is the run YAML's name (``eval``, not ``evaluate``; both are
+    read). ``a.b=value`` overrides are applied on top.
+    """
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    for name in _SECTION_ALIASES.get(section, (section,)):
+        if name in data and (data[name] is None or isinstance(data[name], dict)):
+            return apply_overrides(dict(data[name] or {}), list(overrides))
+    run_sections = {f.name for f in dataclasses.fields(RunConfig)} | {"bench"}
+    if data and set(data) <= run_sections:
+        data = {}  # a run YAML without this section
+    return apply_overrides(dict(data), list(overrides))

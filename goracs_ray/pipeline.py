@@ -30,15 +30,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
 from goracs_ray.config import RunConfig
 from goracs_ray.configutil import to_dict
-from goracs_ray.io import atomic_file, read_json, write_json, write_parquet
+from goracs_ray.io import atomic_file, read_json, write_json
 from goracs_ray.report import ArmResult, write_report
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
@@ -81,9 +78,9 @@ def select_stage(cfg, features_dir: Path, samples_dir: Path, out_dir: Path, *, u
     ``coreset_samples.parquet`` (the selected training samples in SAMPLE_SCHEMA, in rank order,
     ready for any fine-tuning tool).
     """
-    from goracs_ray.select.cli import checkpoint_dir_for, write_selection
     from goracs_ray.select.config import run_select
     from goracs_ray.select.inputs import load_feature_table
+    from goracs_ray.select.output import checkpoint_dir_for, write_selection
 
     table = load_feature_table(
         features_dir, samples_dir=samples_dir, label_column="label" if use_labels else None
@@ -100,12 +97,8 @@ def select_stage(cfg, features_dir: Path, samples_dir: Path, out_dir: Path, *, u
         seconds=seconds,
         inputs={"features": features_dir, "samples": samples_dir},
         overwrite=True,
+        samples=pq.read_table(samples_dir / "train.parquet"),
     )
-    train = pq.read_table(samples_dir / "train.parquet")
-    order = {sid: rank for rank, sid in enumerate(selection.ids.tolist())}
-    keep = train.filter(pc.is_in(train.column("sample_id"), pa.array(list(order))))
-    ranks = np.array([order[s] for s in keep.column("sample_id").to_pylist()])
-    write_parquet(out_dir / "coreset_samples.parquet", keep.take(np.argsort(ranks)))
     shutil.rmtree(ckpt, ignore_errors=True)
     return selection
 

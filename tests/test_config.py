@@ -45,3 +45,46 @@ def test_overrides_and_unknown_keys(tmp_path):
         load_config(None, ["select.lamda=0.3"])
     with pytest.raises(ValueError, match="compare"):
         load_config(None, ["compare=[goracs]"])
+
+
+def test_stage_commands_read_their_section_of_a_run_yaml(tmp_path):
+    from goracs_ray.config import read_section
+    from goracs_ray.configutil import from_dict
+    from goracs_ray.evaluate.config import EvalConfig
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("data: {max_users: 5}\neval: {num_beams: 2}\ntrain: {epochs: 4}\n")
+    assert read_section(run_yaml, "eval", ["max_samples=3"]) == {"num_beams": 2, "max_samples": 3}
+    assert from_dict(EvalConfig, read_section(run_yaml, "eval")).num_beams == 2
+    assert read_section(run_yaml, "features") == {}  # a run YAML without the section: defaults
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text("evaluate: {num_beams: 3}\n")
+    assert read_section(legacy, "eval") == {"num_beams": 3}
+    stage_yaml = tmp_path / "eval.yaml"
+    stage_yaml.write_text("num_beams: 1\nks: [5]\n")
+    assert read_section(stage_yaml, "eval") == {"num_beams": 1, "ks": [5]}
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("num_beam: 1\n")
+    with pytest.raises(ValueError, match="num_beam"):
+        from_dict(EvalConfig, read_section(typo, "eval"), where="eval")
+
+
+def test_library_modules_do_not_import_cli_modules():
+    """Library code sits below the CLI: only `cli.py` modules may import a `cli` module."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "goracs_ray"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ("cli.py", "run_cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            bad = [n for n in names if n.split(".")[-1] in ("cli", "run_cli")]
+            if bad:
+                offenders.append(f"{path.relative_to(package.parent)}:{node.lineno} {bad[0]}")
+    assert not offenders, f"library modules import CLI modules: {offenders}"

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from goracs_ray.configutil import apply_overrides, from_dict, load_yaml
+from goracs_ray.config import read_section
+from goracs_ray.configutil import apply_overrides, from_dict
 from goracs_ray.data.config import DataConfig, Domain, SourceKind
 from goracs_ray.data.schema import Task
 
@@ -52,11 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> DataConfig:
     """YAML (if any) ← flags ← ``--set`` overrides → a checked DataConfig."""
-    data: dict[str, Any] = {}
-    if args.config is not None:
-        data = load_yaml(args.config)
-        if isinstance(data.get("data"), dict):
-            data = data["data"]
+    data: dict[str, Any] = read_section(args.config, "data")
     flags = {
         "source.kind": args.source,
         "source.path": args.path,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from goracs_ray.config import read_section
 from goracs_ray.configutil import from_dict
 from goracs_ray.data.schema import Task
-from goracs_ray.train.cli import load_section
 
 __all__ = ["register"]
 
@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--items", help="catalog Parquet (ITEM_SCHEMA); required for SeqRec")
     p.add_argument("--out", required=True, help="output dir")
     p.add_argument("--task", choices=[t.value for t in Task], help="default: the samples' task")
-    p.add_argument("--config", help="YAML with EvalConfig fields (top level or under `evaluate:`)")
+    p.add_argument(
+        "--config", help="YAML with EvalConfig fields (top level, or a run YAML's `eval:`)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from goracs_ray.evaluate import EvalConfig, evaluate
 
-    cfg = from_dict(EvalConfig, load_section(args.config, "evaluate", args.set), where="evaluate")
+    cfg = from_dict(EvalConfig, read_section(args.config, "eval", args.set), where="eval")
     if args.task != Task.CTR.value and args.items is None:
         # SeqRec (or unknown task) needs the catalog for grounding.
         import pyarrow.parquet as pq

@@ -12,14 +12,14 @@ logger = logging.getLogger(__name__)
 
 
 def _features(args: argparse.Namespace) -> int:
-    from goracs_ray.configutil import apply_overrides, from_dict, load_yaml
+    from goracs_ray.config import read_section
+    from goracs_ray.configutil import from_dict
     from goracs_ray.features.actors import compute_features
     from goracs_ray.features.config import FeaturesConfig
     from goracs_ray.raycluster import ensure_ray
 
-    data = load_yaml(args.config) if args.config else {}
-    data = data.get("features", data)
-    cfg = from_dict(FeaturesConfig, apply_overrides(data, args.set or []), where="features")
+    data = read_section(args.config, "features", args.set or [])
+    cfg = from_dict(FeaturesConfig, data, where="features")
     ensure_ray(args.address)
     res = compute_features(cfg, args.samples, args.out, overwrite=args.overwrite, progress=True)
     print(

@@ -10,18 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from goracs_ray.configutil import to_dict
-from goracs_ray.io import atomic_dir, write_json, write_parquet
 from goracs_ray.select.config import SelectConfig, run_select
 from goracs_ray.select.inputs import load_feature_table, load_split_features
+from goracs_ray.select.output import checkpoint_dir_for, write_selection
 from goracs_ray.select.refine import Estimator
 from goracs_ray.select.registry import available_selectors
 from goracs_ray.select.types import FeatureTable, Selection
 
-__all__ = ["checkpoint_dir_for", "register", "select_command", "write_selection"]
+__all__ = ["register", "select_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +99,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def checkpoint_dir_for(out: Path) -> Path:
-    """Where the selection checkpoint of output ``out`` lives: ``<out>.checkpoint`` next to it
-    (outside ``out`` and its ``.part`` directory, so it survives a crash of the writer)."""
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".part") + ".checkpoint")
-
-
 def select_command(
     cfg: SelectConfig,
     features: FeatureTable,
@@ -141,41 +130,3 @@ def select_command(
         "selected %d of %d samples in %.1f s → %s", selection.size, features.n_train, seconds, out
     )
     return selection
-
-
-def write_selection(
-    out: Path,
-    selection: Selection,
-    features: FeatureTable,
-    cfg: SelectConfig,
-    *,
-    seconds: float,
-    inputs: dict[str, Any],
-    overwrite: bool = False,
-) -> Path:
-    """Write ``coreset.parquet`` (id, rank, class) and ``selection_trace.json`` atomically."""
-    classes = selection.classes
-    table = pa.table(
-        {
-            "sample_id": pa.array(selection.ids),
-            "rank": pa.array(np.arange(selection.size, dtype=np.int64)),
-            "class": pa.array(
-                [None] * selection.size if classes is None else classes, type=pa.int64()
-            ),
-        }
-    )
-    trace = {
-        "method": selection.method,
-        "budget": selection.size,
-        "n_train": features.n_train,
-        "n_valid": features.n_valid,
-        "dim": int(features.train_emb.shape[1]),
-        "seconds": seconds,
-        "inputs": {k: None if v is None else str(v) for k, v in inputs.items()},
-        "config": to_dict(cfg),
-        "info": selection.info,
-    }
-    with atomic_dir(out, overwrite=overwrite) as part:
-        write_parquet(part / "coreset.parquet", table)
-        write_json(part / "selection_trace.json", trace)
-    return out

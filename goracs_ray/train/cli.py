@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from goracs_ray.configutil import apply_overrides, from_dict, load_yaml
+from goracs_ray.config import read_section
+from goracs_ray.configutil import from_dict
 from goracs_ray.data.schema import Task
 
 __all__ = ["register"]
-
-
-def load_section(path: str | None, section: str, overrides: list[str]) -> dict:
-    """The ``section:`` mapping of a YAML file (or the whole file if it has no such key)."""
-    data = load_yaml(path) if path else {}
-    data = data.get(section, data) if isinstance(data.get(section), dict) else data
-    return apply_overrides(dict(data), overrides)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from goracs_ray.train import TrainConfig, finetune
 
-    cfg = from_dict(TrainConfig, load_section(args.config, "train", args.set), where="train")
+    cfg = from_dict(TrainConfig, read_section(args.config, "train", args.set), where="train")
     adapter = finetune(
         cfg,
         model_path=args.model,

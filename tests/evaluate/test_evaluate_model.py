@@ -122,7 +122,8 @@ def test_evaluate_cli_writes_metrics(tmp_path, eval_data, eval_model_dir, capsys
     from goracs_ray.cli import main
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("evaluate:\n  batch_size: 4\n  max_length: 128\n")
+    # a whole run YAML: the command reads its `eval:` section
+    cfg.write_text("data:\n  max_users: 5\neval:\n  batch_size: 4\n  max_length: 128\n")
     rc = main(
         [
             "evaluate",

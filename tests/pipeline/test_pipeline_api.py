@@ -38,5 +38,29 @@ def test_select_on_ray_datasets_matches_the_path_api(ray_local, tmp_path):
     samples = ray_local.data.from_arrow(
         pa.table({"sample_id": [f"s{i}" for i in range(60)], "output": ["x"] * 60})
     )
+    samples = samples.repartition(4)  # rank order must survive the blocks' order
     chosen = api.select(ds, cfg, samples=samples).to_pandas()
-    assert sorted(chosen["sample_id"]) == sorted(expected)
+    assert chosen["sample_id"].tolist() == expected  # rank order, as `goracs select` writes
+    chosen = api.select(tmp_path / "features.parquet", cfg, samples=_samples_file(tmp_path))
+    assert chosen.to_pandas()["sample_id"].tolist() == expected
+
+
+def _samples_file(tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"sample_id": [f"s{i}" for i in range(60)]}), path)
+    return path
+
+
+def test_coreset_samples_keep_rank_order_and_refuse_foreign_ids():
+    import pytest
+
+    from goracs_ray.select.output import coreset_samples
+
+    samples = pa.table({"sample_id": ["a", "b", "c", "d"], "output": ["1", "2", "3", "4"]})
+    chosen = coreset_samples(samples, np.array(["c", "a", "d"]))
+    assert chosen.column("sample_id").to_pylist() == ["c", "a", "d"]
+    assert chosen.column("output").to_pylist() == ["3", "1", "4"]
+    with pytest.raises(ValueError, match="not in the samples"):
+        coreset_samples(samples, np.array(["a", "zz"]))

@@ -13,7 +13,7 @@ import numpy as np
 from goracs_ray.cli import main
 from goracs_ray.io import read_json
 from goracs_ray.select.checkpoint import PAUSE_ENV
-from goracs_ray.select.cli import checkpoint_dir_for
+from goracs_ray.select.output import checkpoint_dir_for
 
 
 def _inputs(tmp_path):

@@ -203,12 +203,12 @@ def test_finetune_rejects_samples_without_the_prompt_columns(ray_local, tmp_path
 
 
 def test_train_config_from_yaml_section(tmp_path):
+    from goracs_ray.config import read_section
     from goracs_ray.configutil import from_dict
-    from goracs_ray.train.cli import load_section
 
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  epochs: 4\n  lora:\n    r: 16\n    target_modules: [v_proj]\n")
-    cfg = from_dict(TrainConfig, load_section(str(path), "train", ["deepspeed=3"]), where="train")
+    cfg = from_dict(TrainConfig, read_section(str(path), "train", ["deepspeed=3"]), where="train")
     assert (cfg.epochs, cfg.lora.r, cfg.lora.target_modules, cfg.deepspeed) == (
         4,
         16,
