@@ -34,7 +34,7 @@ from goracs_ray.data.prompts import format_full_text, format_prompt
 from goracs_ray.data.samples import seqrec_output
 from goracs_ray.evaluate.config import EvalConfig
 from goracs_ray.evaluate.likelihood import candidate_scores
-from goracs_ray.features.config import DEFAULT_TINY
+from goracs_ray.models.config import DEFAULT_TINY
 from goracs_ray.models.lm import LoraSettings, load_causal_lm
 from goracs_ray.models.synthetic import synthetic_samples, synthetic_titles
 from goracs_ray.models.tiny import build_tiny_llm

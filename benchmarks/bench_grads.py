@@ -39,8 +39,9 @@ import torch
 
 from goracs_ray.data.prompts import format_full_text, format_prompt
 from goracs_ray.features.compute import keep_freed_memory, token_batches
-from goracs_ray.features.config import DEFAULT_TINY, FeaturesConfig
+from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.features.grads import per_sample_grads
+from goracs_ray.models.config import DEFAULT_TINY
 from goracs_ray.models.lm import LoraSettings, load_causal_lm, target_parameter_names
 from goracs_ray.models.losses import causal_lm_loss, ctr_loss, ctr_token_ids
 from goracs_ray.models.synthetic import synthetic_samples

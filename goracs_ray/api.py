@@ -4,13 +4,14 @@ Each takes and returns paths or Ray Datasets, so one stage can be dropped into a
 ``ray.data`` pipeline::
 
     from goracs_ray import api
+    model = ModelConfig(path="/models/llama-7b", lora=LoraSettings(r=8))  # one, for every stage
     samples_dir = api.prepare(DataConfig(...), "out")                   # → Path
-    api.compute_features(FeaturesConfig(model_path=...), samples_dir, "feat")
+    api.compute_features(FeaturesConfig(), samples_dir, "feat", model=model)
     coreset_ds = api.select(ray.data.read_parquet("feat"), SelectConfig(budget=1024),
                             samples=ray.data.read_parquet(samples_dir / "train.parquet"))
-    adapter = api.finetune(TrainConfig(), model_path=..., train_samples=coreset_ds,
+    adapter = api.finetune(TrainConfig(), model=model, train_samples=coreset_ds,
                            valid_samples=..., out_dir="ft", task="seqrec")
-    metrics = api.evaluate(EvalConfig(), model_path=..., adapter_path=adapter, ...)
+    metrics = api.evaluate(EvalConfig(), model=model, adapter_path=adapter, ...)
 """
 
 from __future__ import annotations

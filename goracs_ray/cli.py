@@ -21,7 +21,7 @@ _COMMANDS: dict[str, str] = {
     "data": "goracs_ray.data.cli",
     "prepare": "goracs_ray.data.cli",
     "features": "goracs_ray.features.cli",
-    "model": "goracs_ray.features.cli",
+    "model": "goracs_ray.models.cli",
     "select": "goracs_ray.select.cli",
     "finetune": "goracs_ray.train.cli",
     "evaluate": "goracs_ray.evaluate.cli",

@@ -16,27 +16,20 @@ from typing import Any
 from goracs_ray.configutil import apply_overrides, from_dict, load_yaml
 from goracs_ray.data.config import DataConfig
 from goracs_ray.evaluate.config import EvalConfig
-from goracs_ray.features.config import FeaturesConfig, TinyModelConfig
+from goracs_ray.features.config import FeaturesConfig
+from goracs_ray.models.config import ModelConfig
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.train.config import TrainConfig
 
-__all__ = ["ModelConfig", "RayConfig", "RunConfig", "load_config", "read_section"]
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """The base LLM every stage uses (features, fine-tuning, evaluation)."""
-
-    path: Path | None = None
-    """HF causal-LM directory (LLaMA, Qwen, …). ``None``: build a tiny LLaMA-architecture model
-    and BPE tokenizer pretrained on the prepared catalog's item text only (titles, years,
-    genres), never on the samples: it knows the items, not the users (CPU demos and tests)."""
-    tiny: TinyModelConfig = dataclasses.field(
-        default_factory=lambda: TinyModelConfig(pretrain_steps=3000)
-    )
-    """Size and pretraining of the tiny model (used only when ``path`` is None)."""
-    seed: int = 0
-    """Seed of the tiny model's initialisation and pretraining."""
+__all__ = [
+    "ModelConfig",
+    "RayConfig",
+    "RunConfig",
+    "load_config",
+    "read_model",
+    "read_section",
+    "split_overrides",
+]
 
 
 @dataclasses.dataclass
@@ -59,9 +52,10 @@ class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """Interaction source and sample building (``goracs prepare``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    """Base model."""
+    """The base model and its LoRA adapter, dtype, device and DeepSpeed choice: one section
+    read by features, fine-tuning and evaluation."""
     features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
-    """Embeddings and gradient norms (``goracs features``); its model comes from ``model``."""
+    """Embeddings and gradient norms (``goracs features``); the model comes from ``model``."""
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     """The coreset selection method and budget (``goracs select``)."""
     compare: list[str] = dataclasses.field(default_factory=lambda: ["random"])
@@ -74,10 +68,6 @@ class RunConfig:
     """Cluster connection."""
 
     def __post_init__(self) -> None:
-        if self.features.model_path is not None:
-            raise ValueError(
-                "`features.model_path` is set by the pipeline; put the model in `model.path`"
-            )
         methods = [self.select.method, *self.compare]
         if len(set(methods)) != len(methods):
             raise ValueError(
@@ -127,3 +117,26 @@ def read_section(
     if data and set(data) <= run_sections:
         data = {}  # a run YAML without this section
     return apply_overrides(dict(data), list(overrides))
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A stage command's ``--set`` values: (the stage's own, the ``model.*`` ones unprefixed)."""
+    stage = [o for o in overrides if not o.startswith("model.")]
+    model = [o.removeprefix("model.") for o in overrides if o.startswith("model.")]
+    return stage, model
+
+
+def read_model(
+    path: str | os.PathLike[str] | None,
+    overrides: Sequence[str] = (),
+    *,
+    model_path: str | os.PathLike[str] | None = None,
+) -> ModelConfig:
+    """The ``model:`` section of a run YAML (defaults when absent) for a stage command, with
+    ``overrides`` (``lora.r=16``) applied and ``model_path`` (a ``--model`` flag) as ``path``."""
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    section = dict(data["model"]) if isinstance(data.get("model"), dict) else {}
+    apply_overrides(section, list(overrides))
+    if model_path is not None:
+        section["path"] = os.fspath(model_path)
+    return from_dict(ModelConfig, section, where="model")

@@ -79,6 +79,13 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
+    moved = getattr(cls, "MOVED_KEYS", {})
+    for key in unknown:
+        if key in moved:
+            raise ValueError(
+                f"`{_join(where, key)}` has moved to `{moved[key]}`; move the value there "
+                "(the `model:` section holds the model settings of every stage)"
+            )
     if unknown:
         path = ", ".join(f"`{_join(where, k)}`" for k in unknown)
         raise ValueError(

@@ -36,6 +36,7 @@ import yaml
 from goracs_ray.config import RunConfig
 from goracs_ray.configutil import to_dict
 from goracs_ray.io import atomic_file, read_json, write_json
+from goracs_ray.models.config import ModelConfig
 from goracs_ray.report import ArmResult, write_report
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
@@ -127,12 +128,9 @@ def _git_sha() -> str | None:
     return res.stdout.strip()
 
 
-def _build_model(cfg: RunConfig, samples_dir: Path, out: Path) -> None:
-    from goracs_ray.models.tiny import build_catalog_model
-
-    build_catalog_model(
-        samples_dir, out, seed=cfg.model.seed, overwrite=True, **to_dict(cfg.model.tiny)
-    )
+def _model_settings(model: ModelConfig, *names: str) -> dict[str, Any]:
+    """The ``model`` fields ``names`` as a stage-key part (what a stage's result depends on)."""
+    return {name: to_dict(getattr(model, name)) for name in names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +139,8 @@ class Inputs:
 
     samples_dir: Path
     """``prepare/samples`` ({train,valid,test,items}.parquet)."""
-    model_path: Path
-    """The base HF model dir."""
+    model: ModelConfig
+    """``cfg.model`` with ``path`` set (the built tiny model unless the user gave one)."""
     features_dir: Path
     """The features stage's Parquet shards."""
     keys: dict[str, str]
@@ -193,32 +191,46 @@ def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
     """Run the shared stages (prepare → model → features) of ``cfg`` in ``graph``."""
     from goracs_ray.data.prepare import prepare
     from goracs_ray.features import compute_features
+    from goracs_ray.models.tiny import build_model
 
+    cfg.model.check_paths()  # before any work
     run_dir = graph.run_dir
-    data = graph.run("prepare", cfg.data, [], lambda d: prepare(cfg.data, d, force=True))
     samples_dir = run_dir / "prepare" / "samples"
+
+    def prepare_samples(out: Path) -> None:
+        prepare(cfg.data, out, force=True)
+
+    data = graph.run("prepare", cfg.data, [], prepare_samples)
     if cfg.model.path is not None:
-        model_path, model_key = Path(cfg.model.path), stage_key("model", str(cfg.model.path))
+        model = cfg.model
+        model_key = stage_key("model", str(cfg.model.path))
     else:
-        model_path = run_dir / "model"
-        model_key = graph.run(
-            "model", cfg.model, [data.key], lambda d: _build_model(cfg, samples_dir, d)
-        ).key
-    features_cfg = dataclasses.replace(cfg.features, model_path=model_path, task=cfg.data.task)
+        model = dataclasses.replace(cfg.model, path=run_dir / "model")
+
+        def build_tiny_model(out: Path) -> None:
+            build_model(cfg.model, samples_dir, out, overwrite=True)
+
+        tiny_key = _model_settings(cfg.model, "tiny", "seed")
+        model_key = graph.run("model", tiny_key, [data.key], build_tiny_model).key
+
+    def featurise(out: Path) -> None:
+        compute_features(
+            cfg.features, samples_dir, out, model=model, task=cfg.data.task, progress=None
+        )
+
     features_dir = run_dir / "features"
-    features = graph.run(
-        "features",
-        features_cfg,
-        [data.key, model_key],
-        lambda d: compute_features(features_cfg, samples_dir, d, progress=None),
-        atomic=False,
-    )
+    features_key = {
+        "features": cfg.features,
+        "task": cfg.data.task,
+        "model": _model_settings(cfg.model, "lora", "adapter_path", "dtype"),
+    }
+    features = graph.run("features", features_key, [data.key, model_key], featurise, atomic=False)
     # Checkpoints outside the stage's temporary dir, so a crashed driver resumes training.
     train_cfg = cfg.train
     if train_cfg.storage_path is None:
         train_cfg = dataclasses.replace(train_cfg, storage_path=str(run_dir / "ray_train"))
     keys = {"prepare": data.key, "model": model_key, "features": features.key}
-    return Inputs(samples_dir, model_path, features_dir, keys, train_cfg)
+    return Inputs(samples_dir, model, features_dir, keys, train_cfg)
 
 
 def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmResult:
@@ -230,50 +242,54 @@ def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmR
     train_cfg = dataclasses.replace(inputs.train_cfg, seed=arm.train_seed)
     sel_dir = graph.run_dir / "select" / arm.path
     if arm.select is not None:
+        select_cfg = arm.select
+
+        def select_coreset(out: Path) -> None:
+            select_stage(
+                select_cfg, inputs.features_dir, samples_dir, out, use_labels=task.value == "ctr"
+            )
+
         sel = graph.run(
-            f"select/{arm.path}",
-            arm.select_key,
-            [inputs.keys["features"]],
-            lambda d: select_stage(
-                arm.select,
-                inputs.features_dir,
-                samples_dir,
-                d,
-                use_labels=task.value == "ctr",
-            ),
+            f"select/{arm.path}", arm.select_key, [inputs.keys["features"]], select_coreset
         )
         train_samples, upstream = sel_dir / "coreset_samples.parquet", sel.key
     else:
         train_samples, upstream = samples_dir / "train.parquet", inputs.keys["prepare"]
     ft_dir = graph.run_dir / "finetune" / arm.path
-    ft = graph.run(
-        f"finetune/{arm.path}",
-        train_cfg,
-        [upstream, inputs.keys["model"]],
-        lambda d: finetune(
+
+    def fine_tune(out: Path) -> None:
+        finetune(
             train_cfg,
-            model_path=inputs.model_path,
+            model=inputs.model,
             train_samples=train_samples,
             valid_samples=samples_dir / "valid.parquet",
-            out_dir=d,
+            out_dir=out,
             task=task,
-        ),
+        )
+
+    # The key leaves out where checkpoints are stored (a moved run dir stays cached).
+    finetune_key = {
+        "train": dataclasses.replace(train_cfg, storage_path=None),
+        "model": _model_settings(inputs.model, "lora", "adapter_path", "deepspeed"),
+    }
+    ft = graph.run(
+        f"finetune/{arm.path}", finetune_key, [upstream, inputs.keys["model"]], fine_tune
     )
     ev_dir = graph.run_dir / "evaluate" / arm.path
-    graph.run(
-        f"evaluate/{arm.path}",
-        cfg.eval,
-        [ft.key],
-        lambda d: evaluate(
+
+    def evaluate_adapter(out: Path) -> None:
+        evaluate(
             cfg.eval,
-            model_path=inputs.model_path,
+            model=inputs.model,
             adapter_path=ft_dir / "adapter",
             test_samples=samples_dir / "test.parquet",
             items=samples_dir / "items.parquet",
-            out_dir=d,
+            out_dir=out,
             task=task,
-        ),
-    )
+        )
+
+    eval_key = {"eval": cfg.eval, "model": _model_settings(inputs.model, "dtype")}
+    graph.run(f"evaluate/{arm.path}", eval_key, [ft.key], evaluate_adapter)
     return _arm_result(arm, ft_dir, ev_dir, sel_dir)
 
 

@@ -50,7 +50,8 @@ class StageRecord:
     cached: bool
     """True when the stage was skipped because its output for this key already existed."""
     seconds: float
-    """Wall time of this invocation (≈ 0 when cached)."""
+    """Wall time of the build that made the output: this invocation's, or, when cached, the
+    original run's (read back from the stage's ``_stage.json``)."""
 
 
 def run_stage(
@@ -72,9 +73,10 @@ def run_stage(
     """
     marker = out_dir / _MARKER
     pending = out_dir.with_name(f".{out_dir.name}.pending.json")
-    if not force and marker.is_file() and read_json(marker).get("key") == key:
+    if not force and marker.is_file() and (done := read_json(marker)).get("key") == key:
         logger.info("stage %s: up to date (key %s), skipped", name, key)
-        return StageRecord(name, key, str(out_dir), cached=True, seconds=0.0)
+        seconds = float(done.get("seconds", 0.0))
+        return StageRecord(name, key, str(out_dir), cached=True, seconds=seconds)
     logger.info("stage %s: running (key %s)", name, key)
     start = time.perf_counter()
     if atomic:

@@ -218,7 +218,7 @@ def _notes(cfg: BenchConfig, card: dict, n_train: int) -> list[str]:
     counts = ", ".join(f"{k} {v['samples']}" for k, v in card["splits"].items())
     tested = cfg.eval.max_samples or card["splits"]["test"]["samples"]
     model = cfg.model.path or "tiny LLaMA pretrained on the catalog (item text only)"
-    lora = f"r {cfg.train.lora.r}, {', '.join(cfg.train.lora.target_modules)}"
+    lora = f"r {cfg.model.lora.r}, {', '.join(cfg.model.lora.target_modules)}"
     stopping = f" with early stopping (patience {cfg.train.patience})" if cfg.train.patience else ""
     lines = [
         f"- data: `{cfg.data.source.kind.value}` `{cfg.data.task.value}`; samples: {counts}",

@@ -10,7 +10,7 @@ import enum
 
 import pyarrow as pa
 
-__all__ = ["FEATURE_COLUMNS", "ITEM_SCHEMA", "SAMPLE_SCHEMA", "Task"]
+__all__ = ["FEATURES_MANIFEST", "FEATURE_COLUMNS", "ITEM_SCHEMA", "SAMPLE_SCHEMA", "Task"]
 
 
 class Task(str, enum.Enum):
@@ -63,3 +63,8 @@ FEATURE_COLUMNS = {
     "loss": pa.float32(),  # per-sample loss (EL2N-style baselines)
 }
 """Columns of ``features/*.parquet``; ``grad_proj`` and ``loss`` may be absent."""
+
+FEATURES_MANIFEST = "_manifest.json"
+"""Written last into a features dir by `goracs features`: its shard list, row counts, model and
+settings. The leading ``_`` makes Parquet readers (pandas, pyarrow.dataset) skip it, and readers
+of the features check it (an incomplete or stale dir is refused)."""

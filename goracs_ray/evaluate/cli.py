@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from goracs_ray.config import read_section
+from goracs_ray.config import read_model, read_section, split_overrides
 from goracs_ray.configutil import from_dict
 from goracs_ray.data.schema import Task
 
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a base model (+ peft adapter) on SAMPLE_SCHEMA test samples; writes "
         "OUT/metrics.json and OUT/predictions.parquet.",
     )
-    p.add_argument("--model", required=True, help="base HF model dir")
+    p.add_argument("--model", help="base HF model dir (= model.path; default: the config's)")
     p.add_argument("--adapter", help="peft adapter dir (omit to evaluate the base model)")
     p.add_argument("--test", required=True, help="test samples Parquet")
     p.add_argument("--items", help="catalog Parquet (ITEM_SCHEMA); required for SeqRec")
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override an EvalConfig field, e.g. --set num_beams=2",
+        help="override an EvalConfig or model field, e.g. --set num_beams=2 "
+        "--set model.dtype=bfloat16",
     )
     p.set_defaults(func=_run)
 
@@ -41,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from goracs_ray.evaluate import EvalConfig, evaluate
 
-    cfg = from_dict(EvalConfig, read_section(args.config, "eval", args.set), where="eval")
+    stage_set, model_set = split_overrides(args.set)
+    cfg = from_dict(EvalConfig, read_section(args.config, "eval", stage_set), where="eval")
+    model = read_model(args.config, model_set, model_path=args.model)
     if args.task != Task.CTR.value and args.items is None:
         # SeqRec (or unknown task) needs the catalog for grounding.
         import pyarrow.parquet as pq
@@ -51,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("`--items` is required for SeqRec evaluation (grounding catalog)")
     result = evaluate(
         cfg,
-        model_path=args.model,
+        model=model,
         adapter_path=args.adapter,
         test_samples=args.test,
         items=args.items,

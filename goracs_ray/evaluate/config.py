@@ -1,15 +1,16 @@
-"""`EvalConfig`: the YAML ``evaluate:`` section."""
+"""`EvalConfig`: the run YAML's ``eval:`` section."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = ["EvalConfig", "SeqRecRanking"]
 
 
 class SeqRecRanking(str, enum.Enum):
-    """How SeqRec candidates are ranked (``evaluate.seqrec_ranking``)."""
+    """How SeqRec candidates are ranked (``eval.seqrec_ranking``)."""
 
     LIKELIHOOD = "likelihood"
     """By the model's mean answer-token log-probability of each candidate title (the negative
@@ -21,7 +22,12 @@ class SeqRecRanking(str, enum.Enum):
 
 @dataclass
 class EvalConfig:
-    """Test-set evaluation: likelihood and/or grounded ranking (SeqRec), or AUC (CTR)."""
+    """Test-set evaluation: likelihood and/or grounded ranking (SeqRec), or AUC (CTR).
+
+    The model's device and dtype come from the ``model:`` section.
+    """
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"device": "model.device"}
 
     seqrec_ranking: list[str] = field(
         default_factory=lambda: [SeqRecRanking.LIKELIHOOD.value, SeqRecRanking.GROUNDING.value]
@@ -48,8 +54,6 @@ class EvalConfig:
     """Evaluate only the first this many test samples (None: all)."""
     cache_dir: str | None = None
     """Where catalog embeddings are cached across runs (None: in memory only)."""
-    device: str = "auto"
-    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:1"``."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -62,14 +66,14 @@ class EvalConfig:
             "candidate_batch",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"`evaluate.{name}` must be ≥ 1, got {getattr(self, name)}")
+                raise ValueError(f"`eval.{name}` must be ≥ 1, got {getattr(self, name)}")
         if self.num_return_sequences > self.num_beams:
             raise ValueError(
-                f"`evaluate.num_return_sequences` ({self.num_return_sequences}) must be ≤ "
-                f"`evaluate.num_beams` ({self.num_beams})"
+                f"`eval.num_return_sequences` ({self.num_return_sequences}) must be ≤ "
+                f"`eval.num_beams` ({self.num_beams})"
             )
         if not self.ks or any(k < 1 for k in self.ks):
-            raise ValueError(f"`evaluate.ks` must be a non-empty list of K ≥ 1, got {self.ks}")
+            raise ValueError(f"`eval.ks` must be a non-empty list of K ≥ 1, got {self.ks}")
         self.ks = sorted(set(self.ks))
         allowed = [m.value for m in SeqRecRanking]
         if (
@@ -78,13 +82,9 @@ class EvalConfig:
             or any(r not in allowed for r in self.seqrec_ranking)
         ):
             raise ValueError(
-                f"`evaluate.seqrec_ranking` must be a non-empty subset of {allowed}, "
+                f"`eval.seqrec_ranking` must be a non-empty subset of {allowed}, "
                 f"got {self.seqrec_ranking!r}"
             )
         self.seqrec_ranking = [r for r in allowed if r in self.seqrec_ranking]
         if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"`evaluate.max_samples` must be ≥ 1 or null, got {self.max_samples}")
-        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise ValueError(
-                f"`evaluate.device` must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}"
-            )
+            raise ValueError(f"`eval.max_samples` must be ≥ 1 or null, got {self.max_samples}")

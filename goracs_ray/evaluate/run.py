@@ -27,6 +27,7 @@ from goracs_ray.evaluate.likelihood import candidate_scores
 from goracs_ray.evaluate.metrics import auc, log_loss, rank_of_target, ranking_metrics
 from goracs_ray.evaluate.model_eval import generate_titles, yes_probabilities
 from goracs_ray.io import write_json, write_parquet
+from goracs_ray.models.config import AUTO, ModelConfig, as_model_config
 
 __all__ = ["evaluate"]
 
@@ -201,7 +202,7 @@ def _model_key(model_path: Path) -> str:
 def evaluate(
     cfg: EvalConfig,
     *,
-    model_path: str | os.PathLike[str],
+    model: ModelConfig | str | os.PathLike[str],
     adapter_path: str | os.PathLike[str] | None,
     test_samples: Any,
     items: Any,
@@ -213,8 +214,10 @@ def evaluate(
     Parameters
     ----------
     cfg : EvalConfig
-    model_path : path
-        Base HF causal-LM dir (also embeds titles for grounding, adapter disabled).
+    model : ModelConfig or path
+        The base model (``path``: a HF causal-LM dir; it also embeds the titles for grounding,
+        adapter disabled), its ``device`` and ``dtype``. A path stands for
+        ``ModelConfig(path=...)``.
     adapter_path : path or None
         peft adapter dir from `goracs_ray.train.finetune` (None: the base model alone).
     test_samples : path, pyarrow Table, DataFrame or Ray Dataset
@@ -253,12 +256,20 @@ def evaluate(
         samples = samples.slice(0, cfg.max_samples)
     if samples.num_rows == 0:
         raise ValueError("`test_samples` is empty")
-    model_path = Path(model_path)
+    import torch
+
+    model_cfg = as_model_config(model)
+    model_path = model_cfg.resolved_path
+    on_gpu = model_cfg.wants_gpu(torch.cuda.is_available())
+    device = ("cuda" if model_cfg.device == AUTO else model_cfg.device) if on_gpu else "cpu"
     t0 = time.perf_counter()
     model, tokenizer = load_causal_lm(
-        model_path, adapter_path=adapter_path, trainable=None, attn_implementation="sdpa"
+        model_path,
+        adapter_path=adapter_path,
+        trainable=None,
+        dtype=getattr(torch, model_cfg.dtype),
+        attn_implementation="sdpa",
     )
-    device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
     model.to(device)
     if task is Task.SEQREC:
         catalog = _table(items, "items", ("item_id", "title"))
@@ -282,9 +293,3 @@ def evaluate(
         {k: round(v, 4) for k, v in metrics.items()},
     )
     return result
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -1,15 +1,13 @@
 """goracs_ray.features: per-sample embeddings, LoRA gradient norms and projections on Ray."""
 
 from goracs_ray.features.actors import FeaturesResult, compute_features
-from goracs_ray.features.config import DEFAULT_TINY, Engine, FeaturesConfig, TinyModelConfig
+from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.features.embed import EmbeddingKind, SentenceEncoder
 from goracs_ray.features.grads import GradMethod, PerSampleGrads, per_sample_grads
 from goracs_ray.features.projection import GradProjector, ProjectionKind
 
 __all__ = [
-    "DEFAULT_TINY",
     "EmbeddingKind",
-    "Engine",
     "FeaturesConfig",
     "FeaturesResult",
     "GradMethod",
@@ -17,7 +15,6 @@ __all__ = [
     "PerSampleGrads",
     "ProjectionKind",
     "SentenceEncoder",
-    "TinyModelConfig",
     "compute_features",
     "per_sample_grads",
 ]

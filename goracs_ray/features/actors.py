@@ -7,7 +7,8 @@ Layout of ``out_dir``::
     tiny_model/          the default tiny LLM, when no model_path is given
     warmup_adapter/      the warm-up adapter, when warmup_steps > 0
     part-00000.parquet   FEATURE_COLUMNS for pool rows [0, rows_per_shard), ...
-    manifest.json        written last: shards, counts, timings, model and settings
+    _manifest.json       written last: shards, counts, timings, model and settings (the leading
+                         ``_`` lets pandas / pyarrow.dataset read the dir as a Parquet dataset)
 
 Shard ``c`` holds pool rows ``[c·R, (c+1)·R)``. An actor computes a whole shard and writes it with
 an atomic rename, so a shard file exists only when complete: re-running skips existing shards, and
@@ -31,9 +32,11 @@ import pyarrow.parquet as pq
 
 from goracs_ray.configutil import to_dict
 from goracs_ray.data.prompts import format_prompt
+from goracs_ray.data.schema import FEATURES_MANIFEST, Task
 from goracs_ray.features.compute import FeatureComputer, warmup_adapter
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.io import read_json, write_json, write_parquet
+from goracs_ray.models.config import ModelConfig
 
 __all__ = ["FeaturesResult", "compute_features"]
 
@@ -46,9 +49,8 @@ _NOT_RESULT_FIELDS = {
     "actor_cpus",
     "actor_gpus",
     "torch_threads",
-    "engine",
-    "deepspeed_stage",
 }
+_NOT_RESULT_MODEL_FIELDS = {"device", "deepspeed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ class FeaturesResult:
     Attributes
     ----------
     out_dir : Path
-        The features directory (``part-*.parquet`` + ``manifest.json``).
+        The features directory (``part-*.parquet`` + ``_manifest.json``).
     n_rows : int
         Samples featurised (all shards).
     n_shards : int
@@ -83,9 +85,11 @@ def _shard_path(out_dir: Path, shard: int) -> Path:
 class _FeatureActor:
     """Ray Data callable class: loads the model once, then featurises whole shards."""
 
-    def __init__(self, cfg, model_path, adapter_path, out_dir, crash_once_file=None):
+    def __init__(self, cfg, model, task, model_path, adapter_path, out_dir, crash_once_file=None):
         self.cfg, self.out_dir = cfg, Path(out_dir)
-        self.computer = FeatureComputer(cfg, Path(model_path), adapter_path and Path(adapter_path))
+        self.computer = FeatureComputer(
+            cfg, model, task, Path(model_path), adapter_path and Path(adapter_path)
+        )
         self.pool = pq.read_table(self.out_dir / "_pool.parquet")
         self.crash_once_file = crash_once_file
 
@@ -116,28 +120,35 @@ class _FeatureActor:
         return {"shard": batch["shard"], "rows": np.asarray(rows, dtype=np.int64)}
 
 
-def _load_pool(samples, splits: tuple[str, ...]) -> pa.Table:
-    """(N,) table sample_id, split, prompt, output from a samples dir or a Ray Dataset."""
+def _load_pool(samples, splits: tuple[str, ...]) -> tuple[pa.Table, set[str]]:
+    """(N,) table sample_id, split, prompt, output from a samples dir or a Ray Dataset, and the
+    set of values of its ``task`` column (empty when it has none)."""
+    need = ["sample_id", "instruction", "input", "output"]
     if isinstance(samples, (str, os.PathLike)):
         tables = []
         for split in splits:
             path = Path(samples) / f"{split}.parquet"
             if not path.is_file():
                 raise FileNotFoundError(f"samples file `{path}` not found; run `goracs prepare`")
-            tables.append(
-                pq.read_table(path, columns=["sample_id", "instruction", "input", "output"])
-            )
+            has_task = "task" in pq.read_schema(path).names
+            tables.append(pq.read_table(path, columns=need + ["task"] * has_task))
+            if not has_task:
+                tables[-1] = tables[-1].append_column("task", pa.nulls(tables[-1].num_rows))
             tables[-1] = tables[-1].append_column("split", pa.array([split] * tables[-1].num_rows))
-        table = pa.concat_tables(tables)
+        table = pa.concat_tables(tables, promote_options="default")
     else:
         import ray
 
-        need = ["sample_id", "split", "instruction", "input", "output"]
+        need = [*need, "split"]
         missing = [c for c in need if c not in samples.columns()]
         if missing:
             raise ValueError(f"the Ray Dataset `samples` lacks column(s) {missing}")
-        table = pa.concat_tables(ray.get(samples.select_columns(need).to_arrow_refs()))
+        cols = need + ["task"] * ("task" in samples.columns())
+        table = pa.concat_tables(ray.get(samples.select_columns(cols).to_arrow_refs()))
         table = table.filter(pa.compute.is_in(table["split"], pa.array(list(splits))))
+    tasks = set()
+    if "task" in table.column_names:
+        tasks = {t for t in table["task"].to_pylist() if t is not None}
     prompts = [
         format_prompt(i, x)
         for i, x in zip(table["instruction"].to_pylist(), table["input"].to_pylist())
@@ -145,24 +156,51 @@ def _load_pool(samples, splits: tuple[str, ...]) -> pa.Table:
     ids = table["sample_id"].cast(pa.string())
     if len(set(ids.to_pylist())) != table.num_rows:
         raise ValueError("`samples` has duplicate sample_id values; ids must be unique")
-    return pa.table(
+    pool = pa.table(
         {"sample_id": ids, "split": table["split"], "prompt": prompts, "output": table["output"]}
     )
+    return pool, tasks
 
 
-def _fingerprint(cfg: FeaturesConfig, pool: pa.Table) -> dict:
+def _resolve_task(task: Task | str | None, found: set[str]) -> Task:
+    """``task``, or the samples' one ``task`` value."""
+    if task is not None:
+        task = Task(task)
+        if found and found != {task.value}:
+            raise ValueError(f"task {task.value!r} given, but the samples are {sorted(found)}")
+        return task
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot tell the task from the samples (task values {sorted(found)}); pass "
+            "task='seqrec' or 'ctr' (`goracs features --task`)"
+        )
+    return Task(found.pop())
+
+
+def _fingerprint(cfg: FeaturesConfig, model: ModelConfig, task: Task, pool: pa.Table) -> dict:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RESULT_FIELDS}
+    model_settings = {k: v for k, v in to_dict(model).items() if k not in _NOT_RESULT_MODEL_FIELDS}
+    if model.path is not None:
+        model_settings.pop("tiny")
+        model_settings.pop("seed")
     digest = hashlib.sha256("\n".join(pool["sample_id"].to_pylist()).encode()).hexdigest()
-    return {"n_rows": pool.num_rows, "ids_sha256": digest, "settings": settings}
+    return {
+        "n_rows": pool.num_rows,
+        "ids_sha256": digest,
+        "task": task.value,
+        "settings": settings,
+        "model": model_settings,
+    }
 
 
-def _prepare_out_dir(cfg, samples, out_dir: Path, overwrite: bool) -> pa.Table:
+def _prepare_out_dir(cfg, model, task, samples, out_dir: Path, overwrite: bool):
     import shutil
 
-    pool = _load_pool(samples, tuple(cfg.splits))
+    pool, found = _load_pool(samples, tuple(cfg.splits))
     if pool.num_rows == 0:
         raise ValueError(f"`samples` has no rows in splits {list(cfg.splits)}")
-    fp = _fingerprint(cfg, pool)
+    task = _resolve_task(task, found)
+    fp = _fingerprint(cfg, model, task, pool)
     run_file = out_dir / "_run.json"
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
@@ -177,48 +215,58 @@ def _prepare_out_dir(cfg, samples, out_dir: Path, overwrite: bool) -> pa.Table:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_parquet(out_dir / "_pool.parquet", pool)
         write_json(run_file, fp)
-    return pool
+    return pool, task
 
 
 def _resolve_model(
-    cfg: FeaturesConfig, samples, pool: pa.Table, out_dir: Path
+    cfg: FeaturesConfig, model: ModelConfig, samples, pool: pa.Table, out_dir: Path
 ) -> tuple[Path, Path | None]:
-    from goracs_ray.models.tiny import build_catalog_model
+    from goracs_ray.models.tiny import build_model
 
-    model_path = cfg.model_path
+    model_path = model.path
     if model_path is None:
         model_path = out_dir / "tiny_model"
         if not (model_path / "config.json").is_file():
             if not isinstance(samples, (str, os.PathLike)):
                 raise ValueError(
-                    "`model_path` is not set and `samples` is a Ray Dataset, which carries no "
-                    "catalog to build the tiny model from; set `model_path`"
+                    "`model.path` is not set and `samples` is a Ray Dataset, which carries no "
+                    "catalog to build the tiny model from; set `model.path`"
                 )
-            build_catalog_model(samples, model_path, overwrite=True, **to_dict(cfg.tiny))
-    adapter = cfg.adapter_path
+            build_model(model, samples, model_path, overwrite=True)
+    adapter = model.adapter_path
     if adapter is None and cfg.warmup_steps > 0:
         adapter = out_dir / "warmup_adapter"
         if not (adapter / "adapter_config.json").is_file():
             train = pool.filter(pa.compute.equal(pool["split"], "train"))
             warmup_adapter(
-                cfg, model_path, train["prompt"].to_pylist(), train["output"].to_pylist(), adapter
+                cfg,
+                model.lora,
+                model_path,
+                train["prompt"].to_pylist(),
+                train["output"].to_pylist(),
+                adapter,
             )
     return Path(model_path), adapter and Path(adapter)
 
 
-def _run_pool(cfg, todo: list[int], model_path, adapter, out_dir, pool_rows, *, progress, crash):
+def _run_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash):
     import ray
     from tqdm.auto import tqdm
 
     from goracs_ray.raycluster import ensure_ray
 
     ensure_ray()
+    gpus = cfg.actor_gpus
+    if gpus is None:
+        gpus = 1.0 if model.wants_gpu(ray.cluster_resources().get("GPU", 0) > 0) else 0.0
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         _FeatureActor,
         fn_constructor_kwargs={
             "cfg": cfg,
+            "model": model,
+            "task": task,
             "model_path": str(model_path),
             "adapter_path": adapter and str(adapter),
             "out_dir": str(out_dir),
@@ -227,7 +275,7 @@ def _run_pool(cfg, todo: list[int], model_path, adapter, out_dir, pool_rows, *, 
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_cpus=cfg.actor_cpus,
-        num_gpus=cfg.actor_gpus or None,
+        num_gpus=gpus or None,
     )
     seen: set[int] = set()
     total = sum(pool_rows(s) for s in todo)
@@ -245,6 +293,8 @@ def compute_features(
     samples,
     out_dir: str | os.PathLike[str],
     *,
+    model: ModelConfig | str | os.PathLike[str] | None = None,
+    task: Task | str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     crash_once_file: str | None = None,
@@ -260,6 +310,12 @@ def compute_features(
     out_dir : path
         Features dir (layout in the module docstring). An unfinished run with the same samples
         and settings is resumed; other contents need ``overwrite``.
+    model : ModelConfig or path, optional
+        The base model, its LoRA adapter, dtype, device and DeepSpeed choice (a path stands for
+        ``ModelConfig(path=...)``). Default ``ModelConfig()``: no path, so the tiny model is
+        built from the samples dir's catalog into ``out_dir/tiny_model``.
+    task : Task or str, optional
+        The loss (``seqrec`` token mean, ``ctr`` Yes/No). Default: the samples' ``task`` column.
     overwrite : bool
         Delete ``out_dir`` first.
     progress : bool, optional
@@ -272,15 +328,19 @@ def compute_features(
     -------
     FeaturesResult
     """
+    from goracs_ray.models.config import as_model_config
+
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    pool = _prepare_out_dir(cfg, samples, out_dir, overwrite)
+    model = ModelConfig() if model is None else as_model_config(model)
+    model.check_paths()
+    pool, task = _prepare_out_dir(cfg, model, task, samples, out_dir, overwrite)
     n_shards = -(-pool.num_rows // cfg.rows_per_shard)
     todo = [s for s in range(n_shards) if not _shard_path(out_dir, s).is_file()]
     skipped = n_shards - len(todo)
     if skipped:
         logger.info("resuming: %d of %d shards already done", skipped, n_shards)
-    model_path, adapter = _resolve_model(cfg, samples, pool, out_dir)
+    model_path, adapter = _resolve_model(cfg, model, samples, pool, out_dir)
     if todo:
 
         def pool_rows(s: int) -> int:
@@ -288,6 +348,8 @@ def compute_features(
 
         _run_pool(
             cfg,
+            model,
+            task,
             todo,
             model_path,
             adapter,
@@ -300,11 +362,15 @@ def compute_features(
     if missing:
         raise RuntimeError(f"features shards {missing[:5]} were not written; re-run to resume")
     seconds = time.perf_counter() - start
-    _write_manifest(cfg, out_dir, pool, n_shards, model_path, adapter, seconds, skipped)
+    _write_manifest(
+        cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped
+    )
     return FeaturesResult(out_dir, pool.num_rows, n_shards, skipped, seconds)
 
 
-def _write_manifest(cfg, out_dir, pool, n_shards, model_path, adapter, seconds, skipped) -> None:
+def _write_manifest(
+    cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped
+) -> None:
     import torch
     from transformers import AutoConfig
 
@@ -323,10 +389,12 @@ def _write_manifest(cfg, out_dir, pool, n_shards, model_path, adapter, seconds, 
         "model_path": str(model_path),
         "model_type": model_cfg.model_type,
         "adapter_path": adapter and str(adapter),
+        "task": task.value,
         "config": to_dict(cfg),
+        "model": to_dict(model),
         "seconds": round(seconds, 2),
         "throughput_samples_per_s": round(pool.num_rows / max(seconds, 1e-9), 2),
         "shards_skipped_on_resume": skipped,
         "torch_version": torch.__version__,
     }
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(out_dir / FEATURES_MANIFEST, manifest)

@@ -1,4 +1,4 @@
-"""`goracs features` and `goracs model tiny`: thin CLI wrappers over the library functions."""
+"""`goracs features`: a thin CLI wrapper over :func:`goracs_ray.features.compute_features`."""
 
 from __future__ import annotations
 
@@ -6,22 +6,35 @@ import argparse
 import logging
 from pathlib import Path
 
+from goracs_ray.data.schema import Task
+
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
 
 def _features(args: argparse.Namespace) -> int:
-    from goracs_ray.config import read_section
+    from goracs_ray.config import read_model, read_section, split_overrides
     from goracs_ray.configutil import from_dict
     from goracs_ray.features.actors import compute_features
     from goracs_ray.features.config import FeaturesConfig
     from goracs_ray.raycluster import ensure_ray
 
-    data = read_section(args.config, "features", args.set or [])
-    cfg = from_dict(FeaturesConfig, data, where="features")
+    stage_set, model_set = split_overrides(args.set or [])
+    cfg = from_dict(
+        FeaturesConfig, read_section(args.config, "features", stage_set), where="features"
+    )
+    model = read_model(args.config, model_set, model_path=args.model)
     ensure_ray(args.address)
-    res = compute_features(cfg, args.samples, args.out, overwrite=args.overwrite, progress=True)
+    res = compute_features(
+        cfg,
+        args.samples,
+        args.out,
+        model=model,
+        task=args.task,
+        overwrite=args.overwrite,
+        progress=True,
+    )
     print(
         f"features: {res.n_rows} samples in {res.n_shards} shards ({res.n_skipped} resumed) "
         f"in {res.seconds:.1f} s = {res.n_rows / res.seconds:.1f} samples/s → {res.out_dir}"
@@ -29,49 +42,31 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_tiny(args: argparse.Namespace) -> int:
-    from goracs_ray.models.tiny import build_catalog_model
-
-    out = build_catalog_model(
-        args.samples,
-        args.out,
-        seed=args.seed,
-        pretrain_steps=args.pretrain_steps,
-        overwrite=args.overwrite,
-    )
-    print(f"tiny model: {out} (corpus and pretraining record inside)")
-    return 0
-
-
 def register(subparsers) -> None:
-    """Add `goracs features` and `goracs model tiny`."""
+    """Add `goracs features`."""
     p = subparsers.add_parser("features", help="per-sample embeddings, gradient norms, projections")
     p.add_argument("--samples", required=True, type=Path, help="samples dir (train/valid.parquet)")
     p.add_argument("--out", required=True, type=Path, help="features dir (resumable)")
-    p.add_argument("--config", type=Path, help="YAML with a `features:` section (or its fields)")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. proj_dim=512"
+        "--model",
+        type=Path,
+        help="base HF model dir (= model.path; default: the config's, else a tiny model built "
+        "from the samples' catalog into OUT/tiny_model)",
+    )
+    p.add_argument(
+        "--task", choices=[t.value for t in Task], help="default: the samples' `task` column"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML: a run config (its `features:` and `model:` sections) or FeaturesConfig fields",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override, e.g. proj_dim=512 or model.lora.r=16",
     )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--overwrite", action="store_true", help="recompute from scratch")
     p.set_defaults(func=_features)
-
-    m = subparsers.add_parser("model", help="model utilities")
-    msub = m.add_subparsers(dest="model_command", required=True)
-    t = msub.add_parser(
-        "tiny", help="build a tiny LLaMA + BPE tokenizer pretrained on a prepared catalog"
-    )
-    t.add_argument(
-        "--samples",
-        "--texts-from",
-        required=True,
-        type=Path,
-        help="prepared samples dir (its items.parquet is the pretraining corpus)",
-    )
-    t.add_argument("--out", required=True, type=Path, help="output HF model dir")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
-        "--pretrain-steps", type=int, default=3000, help="max steps (stops at a loss plateau)"
-    )
-    t.add_argument("--overwrite", action="store_true")
-    t.set_defaults(func=_model_tiny)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from goracs_ray.data.schema import FEATURE_COLUMNS, Task
-from goracs_ray.features.config import Engine, FeaturesConfig
+from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.features.embed import (
     EmbeddingKind,
     SentenceEncoder,
@@ -31,6 +31,7 @@ from goracs_ray.features.embed import (
 )
 from goracs_ray.features.grads import per_sample_grads
 from goracs_ray.features.projection import GradProjector
+from goracs_ray.models.config import LoraSettings, ModelConfig
 from goracs_ray.models.lm import GradTarget, load_causal_lm, set_trainable, target_parameter_names
 from goracs_ray.models.losses import causal_lm_loss, ctr_token_ids
 from goracs_ray.models.text import pack_token_ids, tokenize_samples
@@ -117,35 +118,49 @@ class FeatureComputer:
     Parameters
     ----------
     cfg : FeaturesConfig
+    model : ModelConfig
+        LoRA settings of a fresh adapter, dtype, device and DeepSpeed choice.
+    task : Task
+        The loss: SeqRec token mean or CTR Yes/No.
     model_path : path
-        The resolved HF model dir (``cfg.model_path`` or the built tiny model).
+        The resolved HF model dir (``model.path`` or the built tiny model).
     adapter_path : path, optional
-        Adapter to load (``cfg.adapter_path`` or the warm-up adapter); else a fresh ``cfg.lora``.
+        Adapter to load (``model.adapter_path`` or the warm-up adapter); else a fresh
+        ``model.lora``.
     """
 
-    def __init__(self, cfg: FeaturesConfig, model_path: Path, adapter_path: Path | None) -> None:
+    def __init__(
+        self,
+        cfg: FeaturesConfig,
+        model: ModelConfig,
+        task: Task,
+        model_path: Path,
+        adapter_path: Path | None,
+    ) -> None:
         torch.set_num_threads(cfg.torch_threads)
         keep_freed_memory()
-        self.cfg = cfg
-        model, self.tokenizer = load_causal_lm(
+        self.cfg, self.task = cfg, Task(task)
+        lm, self.tokenizer = load_causal_lm(
             model_path,
-            lora=cfg.lora,
+            lora=model.lora,
             adapter_path=adapter_path,
-            dtype=_DTYPES[cfg.dtype],
+            dtype=_DTYPES[model.dtype],
             attn_implementation=cfg.attn_implementation,
             trainable=cfg.grad_target,
         )
-        if cfg.engine is Engine.DEEPSPEED:
-            model = _deepspeed_module(model, cfg.deepspeed_stage)
-        self.model = model
-        self.names = target_parameter_names(model, cfg.grad_target)
-        self.grad_dim = sum(dict(model.named_parameters())[n].numel() for n in self.names)
+        if model.features_zero_stage is not None:
+            lm = _deepspeed_module(lm, model.features_zero_stage)
+        elif torch.cuda.is_available() and model.wants_gpu(True):
+            lm = lm.to("cuda")  # Ray gave this actor a GPU (CUDA_VISIBLE_DEVICES)
+        self.model = lm
+        self.names = target_parameter_names(lm, cfg.grad_target)
+        self.grad_dim = sum(dict(lm.named_parameters())[n].numel() for n in self.names)
         if adapter_path is None and cfg.grad_target is GradTarget.ALL_LORA:
             logger.warning(
-                "fresh adapter (lora_B = 0): every lora_A gradient is 0; set `warmup_steps` or "
-                "`adapter_path` for meaningful all-LoRA gradients"
+                "fresh adapter (lora_B = 0): every lora_A gradient is 0; set "
+                "`features.warmup_steps` or `model.adapter_path` for meaningful all-LoRA gradients"
             )
-        self.token_ids = ctr_token_ids(self.tokenizer) if cfg.task is Task.CTR else None
+        self.token_ids = ctr_token_ids(self.tokenizer) if self.task is Task.CTR else None
         self.projector = None
         if cfg.proj_dim:
             self.projector = GradProjector(
@@ -173,7 +188,7 @@ class FeatureComputer:
             self.model,
             batch,
             self.names,
-            task=cfg.task,
+            task=self.task,
             method=cfg.grad_method,
             token_ids=self.token_ids,
             with_hidden=self.encoder is None,
@@ -182,7 +197,7 @@ class FeatureComputer:
         if self.projector is not None:
             out["grad_proj"] = self.projector(res.grads).cpu().numpy()
         if self.encoder is not None:
-            texts = embedding_texts(prompts, outputs, cfg.task)
+            texts = embedding_texts(prompts, outputs, self.task)
             out["embedding"] = self.encoder.encode(texts).numpy()
         else:
             hidden = res.hidden
@@ -190,7 +205,7 @@ class FeatureComputer:
                 with torch.no_grad():
                     base = self.model.get_base_model()
                     hidden = base.get_decoder()(input_ids=batch["input_ids"])[0]
-            emb = pool_hidden(hidden, token_mask(batch, cfg.task), cfg.embedding)
+            emb = pool_hidden(hidden, token_mask(batch, self.task), cfg.embedding)
             out["embedding"] = emb.cpu().numpy()
         return out
 
@@ -243,6 +258,7 @@ class FeatureComputer:
 
 def warmup_adapter(
     cfg: FeaturesConfig,
+    lora: LoraSettings,
     model_path: Path,
     prompts: Sequence[str],
     outputs: Sequence[str],
@@ -250,7 +266,7 @@ def warmup_adapter(
     *,
     seed: int = 0,
 ) -> Path:
-    """Train a fresh ``cfg.lora`` adapter for ``cfg.warmup_steps`` AdamW steps and save it.
+    """Train a fresh ``lora`` adapter for ``cfg.warmup_steps`` AdamW steps and save it.
 
     A fresh adapter has lora_B = 0, so every lora_A gradient is exactly 0; a short warm-up on the
     training pool (batches of 8 random samples, seeded) makes all LoRA gradients informative.
@@ -259,7 +275,7 @@ def warmup_adapter(
     from goracs_ray.io import atomic_dir
 
     torch.manual_seed(seed)
-    model, tok = load_causal_lm(model_path, lora=cfg.lora, trainable=GradTarget.ALL_LORA)
+    model, tok = load_causal_lm(model_path, lora=lora, trainable=GradTarget.ALL_LORA)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.warmup_lr)
     rng = np.random.default_rng(seed)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import os
 import re
 from pathlib import Path
 
 import torch
+
+from goracs_ray.models.config import GradTarget, LoraSettings
 
 __all__ = [
     "GradTarget",
@@ -20,63 +20,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-ALL_LINEAR = "all-linear"
-"""peft's shorthand for every linear layer but the output head."""
-
-
-class GradTarget(str, enum.Enum):
-    """Which LoRA parameters are trainable / have their per-sample gradients measured."""
-
-    LAST_V_LORA_B = "last_v_lora_b"
-    """Only ``layers[-1].self_attn.v_proj.lora_B`` (the reference, METHOD.md §6)."""
-    ALL_LORA = "all_lora"
-    """Every LoRA matrix (lora_A and lora_B of every target module)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters (reference defaults: r 8, α 16, dropout 0.05, q_proj/v_proj)."""
-
-    r: int = 8
-    """Rank."""
-    alpha: int = 16
-    """Scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.05
-    """Dropout on the LoRA input during training (inactive in eval mode)."""
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    """Module names that receive adapters; ``[all-linear]`` (or the string ``all-linear``): every
-    linear layer of the decoder except the output head (peft's shorthand)."""
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"`r` must be ≥ 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
-        modules = self.target_modules
-        modules = (modules,) if isinstance(modules, str) else tuple(modules)
-        if not modules:
-            raise ValueError("`target_modules` is empty; name at least one module, e.g. v_proj")
-        if ALL_LINEAR in modules and len(modules) > 1:
-            raise ValueError(f"`target_modules`: `{ALL_LINEAR}` stands alone, got {list(modules)}")
-        object.__setattr__(self, "target_modules", modules)
-
-    def to_peft(self):
-        """The equivalent ``peft.LoraConfig`` for a causal LM."""
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=(
-                ALL_LINEAR if self.target_modules == (ALL_LINEAR,) else list(self.target_modules)
-            ),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-
 
 _LAYER_RE = re.compile(r"layers\.(\d+)\.")
 

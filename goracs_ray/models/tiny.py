@@ -15,6 +15,7 @@ are each one token. CTR uses the ids of ``"Yes"`` and ``"No"`` *without* a leadi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from goracs_ray.data.prompts import ALPACA_TEMPLATE
+from goracs_ray.models.config import ModelConfig
 
 __all__ = [
     "ANSWER_WORDS",
@@ -32,6 +34,7 @@ __all__ = [
     "RECORD_FILE",
     "SPECIAL_TOKENS",
     "build_catalog_model",
+    "build_model",
     "build_tiny_llm",
     "catalog_corpus",
 ]
@@ -314,3 +317,21 @@ def build_catalog_model(
     return build_tiny_llm(
         corpus, out_dir, seed=seed, tokenizer_texts=wording, overwrite=overwrite, **sizes
     )
+
+
+def build_model(
+    model: ModelConfig,
+    samples_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """The tiny model that ``model`` describes (``model.tiny`` sizes and pretraining,
+    ``model.seed``), pretrained on the catalog of ``samples_dir``, into ``out_dir`` (an existing
+    ``out_dir`` needs ``overwrite``).
+
+    The one builder behind the pipeline's ``model`` stage, `goracs features` without a model
+    and `goracs model tiny`.
+    """
+    sizes = dataclasses.asdict(model.tiny)
+    return build_catalog_model(samples_dir, out_dir, seed=model.seed, overwrite=overwrite, **sizes)

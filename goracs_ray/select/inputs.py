@@ -10,9 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from goracs_ray.data.schema import FEATURES_MANIFEST
 from goracs_ray.select.types import FeatureTable
 
 __all__ = ["load_feature_table", "load_split_features"]
+
+
+_LEGACY_MANIFEST = "manifest.json"  # features dirs written before the rename
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -21,10 +25,55 @@ def _parquet_files(path: Path) -> list[Path]:
         files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
         if not files:
             raise FileNotFoundError(f"`{path}` contains no *.parquet files")
+        _check_features_manifest(path, files)
         return files
     if not path.is_file():
         raise FileNotFoundError(f"`{path}` does not exist")
     return [path]
+
+
+def _check_features_manifest(path: Path, files: list[Path]) -> None:
+    """Refuse a `goracs features` dir that is incomplete or does not match its manifest.
+
+    A dir with ``_run.json`` (a features run started there) but no manifest did not finish; a
+    manifest whose shard list or row count differs from the files found is stale. Directories of
+    other Parquet files (no ``_run.json``, no manifest) are read as they are.
+    """
+    import json
+
+    manifest_file = next(
+        (path / n for n in (FEATURES_MANIFEST, _LEGACY_MANIFEST) if (path / n).is_file()), None
+    )
+    if manifest_file is None:
+        if (path / "_run.json").is_file():
+            raise ValueError(
+                f"`{path}` is an unfinished features run (no {FEATURES_MANIFEST}); rerun "
+                "`goracs features` with the same --out to resume it"
+            )
+        return
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        shards, n_rows = list(manifest["shards"]), int(manifest["n_rows"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"`{manifest_file}` is not a features manifest ({exc}); recompute the features "
+            "(`goracs features --overwrite`)"
+        ) from None
+    found = [f.name for f in files]
+    missing = sorted(set(shards) - set(found))
+    extra = sorted(set(found) - set(shards))
+    if missing or extra:
+        raise ValueError(
+            f"`{path}` does not match its {manifest_file.name}: missing shard(s) {missing[:5]}, "
+            f"unlisted file(s) {extra[:5]}; rerun `goracs features` with the same --out to "
+            "recompute the missing shards, or remove the unlisted files"
+        )
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    if rows != n_rows:
+        raise ValueError(
+            f"`{path}` holds {rows} rows but its {manifest_file.name} lists {n_rows}; recompute "
+            "the features (`goracs features --overwrite`)"
+        )
 
 
 def _read_parquet(path: Path, columns: list[str]) -> pa.Table:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from goracs_ray.config import read_section
+from goracs_ray.config import read_model, read_section, split_overrides
 from goracs_ray.configutil import from_dict
 from goracs_ray.data.schema import Task
 
@@ -18,18 +18,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune a HF causal LM with LoRA on SAMPLE_SCHEMA Parquet samples; writes "
         "OUT/adapter (peft), OUT/train_metrics.json and OUT/checkpoints (Ray Train storage).",
     )
-    p.add_argument("--model", required=True, help="base HF model dir")
+    p.add_argument("--model", help="base HF model dir (= model.path; default: the config's)")
     p.add_argument("--train", required=True, help="training samples Parquet (e.g. the coreset)")
     p.add_argument("--valid", required=True, help="validation samples Parquet")
     p.add_argument("--out", required=True, help="output dir")
     p.add_argument("--task", required=True, choices=[t.value for t in Task])
-    p.add_argument("--config", help="YAML with TrainConfig fields (top level or under `train:`)")
+    p.add_argument(
+        "--config",
+        help="YAML: a run config (its `train:` and `model:` sections) or TrainConfig fields",
+    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a TrainConfig field, e.g. --set epochs=5 --set lora.r=16",
+        help="override a TrainConfig or model field, e.g. --set epochs=5 --set model.lora.r=16",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
     p.add_argument("--no-resume", action="store_true", help="ignore earlier checkpoints")
@@ -39,10 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from goracs_ray.train import TrainConfig, finetune
 
-    cfg = from_dict(TrainConfig, read_section(args.config, "train", args.set), where="train")
+    stage_set, model_set = split_overrides(args.set)
+    cfg = from_dict(TrainConfig, read_section(args.config, "train", stage_set), where="train")
+    model = read_model(args.config, model_set, model_path=args.model)
     adapter = finetune(
         cfg,
-        model_path=args.model,
+        model=model,
         train_samples=args.train,
         valid_samples=args.valid,
         out_dir=args.out,

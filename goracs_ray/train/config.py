@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from goracs_ray.models.lm import LoraSettings
+from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["TrainConfig"]
-
-AUTO = "auto"
 
 
 @dataclass
 class TrainConfig:
-    """LoRA fine-tuning on Ray Train (optionally through DeepSpeed ZeRO)."""
+    """LoRA fine-tuning on Ray Train (optionally through DeepSpeed ZeRO).
 
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA rank, alpha, dropout and target modules (METHOD.md §6: r 8, α 16, 0.05, q/v_proj)."""
+    The adapter (LoRA settings or a start adapter), device and DeepSpeed choice come from the
+    ``model:`` section (:class:`~goracs_ray.models.config.ModelConfig`).
+    """
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "lora": "model.lora",
+        "adapter_path": "model.adapter_path",
+        "use_gpu": "model.device",
+        "deepspeed": "model.deepspeed",
+    }
+
     epochs: int = 3
     """Maximum number of passes over the training samples."""
     lr: float = 1e-4
@@ -28,9 +33,6 @@ class TrainConfig:
     train_on_inputs: bool = False
     """BIGRec's option: SeqRec loss on the prompt tokens too, not only on the answer (the
     validation loss, used for early stopping, stays on the answer). SeqRec only."""
-    adapter_path: str | None = None
-    """Start from this peft adapter dir (e.g. an instruction-tuned adapter, as the reference
-    does) instead of a fresh ``lora`` adapter; its LoRA settings are used."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     batch_size: int = 8
@@ -57,11 +59,6 @@ class TrainConfig:
     """torch intra-op threads per worker (None: ``cpus_per_worker`` rounded down, at least 1).
     More threads than reserved CPUs make workers that share cores spin against each other:
     measured on 2 cores under load, 2 threads cost 3.3x the CPU time per sample of 1."""
-    use_gpu: bool = False
-    """One GPU per worker (NCCL); otherwise CPU training with gloo."""
-    deepspeed: int | str | None = AUTO
-    """DeepSpeed ZeRO: ``"auto"`` (stage 2 on GPU, plain DDP on CPU), ``None`` (plain DDP), a
-    stage ``0``–``3`` (config generated) or the path of a user DeepSpeed JSON config."""
     patience: int | None = 2
     """Early stopping: stop after this many epochs without a lower validation loss (None: never)."""
     max_failures: int = 2
@@ -98,47 +95,17 @@ class TrainConfig:
             raise ValueError(
                 f"`train.max_valid_samples` must be ≥ 1 or null, got {self.max_valid_samples}"
             )
-        if (
-            self.adapter_path is not None
-            and not (Path(self.adapter_path) / "adapter_config.json").is_file()
-        ):
-            raise FileNotFoundError(
-                f"`train.adapter_path` `{self.adapter_path}` is not a peft adapter dir (no "
-                "adapter_config.json); give the dir written by `goracs finetune` or peft"
-            )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"`train.patience` must be ≥ 1 or null, got {self.patience}")
         if self.max_failures < -1:
             raise ValueError(
                 f"`train.max_failures` must be ≥ -1 (-1: unlimited), got {self.max_failures}"
             )
-        self._check_deepspeed()
-
-    def _check_deepspeed(self) -> None:
-        ds = self.deepspeed
-        if isinstance(ds, bool):
-            raise ValueError("`train.deepspeed` must be a stage 0–3, a JSON path, 'auto' or null")
-        if isinstance(ds, int) and not 0 <= ds <= 3:
-            raise ValueError(f"`train.deepspeed` stage must be 0–3, got {ds}")
-        if isinstance(ds, str) and ds != AUTO and not Path(ds).is_file():
-            raise FileNotFoundError(
-                f"`train.deepspeed` = `{ds}` is neither 'auto' nor an existing DeepSpeed JSON "
-                "file; give a stage 0–3, a JSON path, 'auto' or null"
-            )
 
     @property
     def worker_threads(self) -> int:
         """torch intra-op threads of one training worker (``torch_threads`` resolved)."""
         return self.torch_threads or max(1, int(self.cpus_per_worker))
-
-    @property
-    def deepspeed_setting(self) -> int | Path | None:
-        """The resolved DeepSpeed choice: a ZeRO stage, a user JSON path, or None (plain DDP)."""
-        if self.deepspeed == AUTO:
-            return 2 if self.use_gpu else None
-        if isinstance(self.deepspeed, str):
-            return Path(self.deepspeed)
-        return self.deepspeed
 
     def replace(self, **changes: object) -> TrainConfig:
         """A copy with some fields changed (checked again)."""

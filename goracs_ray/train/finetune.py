@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from goracs_ray.configutil import to_dict
 from goracs_ray.data.schema import Task
 from goracs_ray.io import atomic_dir, write_json
+from goracs_ray.models.config import ModelConfig, as_model_config
 from goracs_ray.train.config import TrainConfig
 from goracs_ray.train.core import SAMPLE_COLUMNS
 from goracs_ray.train.worker import FaultInjection, train_func
@@ -62,26 +63,32 @@ def _as_dataset(samples: Any, name: str, *, limit: int | None = None):
 _RESUMABLE_CHANGES = ("epochs", "patience", "max_failures", "checkpoints_to_keep", "storage_path")
 
 
-def _run_name(cfg: TrainConfig, task: Task, model_path: Path, samples: list[str]) -> str:
+def _run_name(cfg: TrainConfig, task: Task, model: ModelConfig, samples: list[str]) -> str:
     """Stable per (trajectory-defining config, task, model, sample ids): a rerun resumes."""
     fields = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
-    key = json.dumps([fields, task.value, str(model_path.resolve()), samples], sort_keys=True)
+    model_fields = {k: v for k, v in to_dict(model).items() if k not in ("tiny", "seed", "path")}
+    key = json.dumps(
+        [fields, model_fields, task.value, str(model.resolved_path.resolve()), samples],
+        sort_keys=True,
+    )
     return "finetune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _trainer(cfg: TrainConfig, *, loop_config: dict, datasets: dict, storage: str, name: str):
+def _trainer(
+    cfg: TrainConfig, *, use_gpu: bool, loop_config: dict, datasets: dict, storage: str, name: str
+):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
-    if cfg.use_gpu:
+    if use_gpu:
         resources["GPU"] = 1
     workers = cfg.num_workers if cfg.min_workers is None else (cfg.min_workers, cfg.num_workers)
     return TorchTrainer(
         train_func,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -96,7 +103,7 @@ def _trainer(cfg: TrainConfig, *, loop_config: dict, datasets: dict, storage: st
 def finetune(
     cfg: TrainConfig,
     *,
-    model_path: str | os.PathLike[str],
+    model: ModelConfig | str | os.PathLike[str],
     train_samples: Any,
     valid_samples: Any,
     out_dir: str | os.PathLike[str],
@@ -110,8 +117,11 @@ def finetune(
     Parameters
     ----------
     cfg : TrainConfig
-    model_path : path
-        HF causal-LM dir (e.g. from ``goracs_ray.models.tiny.build_tiny_llm``).
+    model : ModelConfig or path
+        The base model (``path`` set: a HF causal-LM dir, e.g. from
+        ``goracs_ray.models.tiny.build_model``), the LoRA adapter to train or the one to start
+        from, the device (GPU workers) and DeepSpeed choice. A path stands for
+        ``ModelConfig(path=...)``.
     train_samples, valid_samples : path or ray.data.Dataset
         SAMPLE_SCHEMA rows (Parquet file/dir or Dataset; ``instruction``, ``input``, ``output``
         are used). Each worker trains on an equal shard (remainder rows dropped per epoch).
@@ -133,11 +143,12 @@ def finetune(
     Path
         ``out_dir/adapter`` — loadable with ``peft.PeftModel.from_pretrained``.
     """
+    import ray
+
     from goracs_ray.raycluster import ensure_ray
 
-    task, model_path, out_dir = Task(task), Path(model_path), Path(out_dir)
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"`model_path` {model_path} is not a HF model dir (no config.json)")
+    task, model, out_dir = Task(task), as_model_config(model), Path(out_dir)
+    model_path = model.resolved_path
     adapter_dir = out_dir / "adapter"
     if adapter_dir.exists() and not overwrite:
         raise FileExistsError(f"`{adapter_dir}` already exists; pass overwrite=True to replace it")
@@ -147,6 +158,8 @@ def finetune(
             "answer); set it to false"
         )
     ensure_ray()
+    use_gpu = model.wants_gpu(ray.cluster_resources().get("GPU", 0) > 0)
+    deepspeed = model.deepspeed_setting(use_gpu)
     train_ds, n_train, train_fp = _as_dataset(train_samples, "train_samples")
     valid_ds, n_valid, valid_fp = _as_dataset(
         valid_samples, "valid_samples", limit=cfg.max_valid_samples
@@ -160,7 +173,7 @@ def finetune(
     storage = cfg.storage_path or str(out_dir / "checkpoints")
     if "://" not in storage:  # Ray Train needs an absolute local path or a URI
         storage = str(Path(storage).resolve())
-    name = _run_name(cfg, task, model_path, [train_fp, valid_fp])
+    name = _run_name(cfg, task, model, [train_fp, valid_fp])
     if not resume and "://" not in storage:
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
     logger.info(
@@ -170,18 +183,22 @@ def finetune(
         n_valid,
         min_workers,
         cfg.num_workers,
-        cfg.deepspeed_setting,
+        deepspeed,
         storage,
         name,
     )
     loop_config = {
         "cfg": cfg,
+        "model": model,
         "task": task.value,
         "model_path": str(model_path.resolve()),
+        "use_gpu": use_gpu,
+        "deepspeed": deepspeed,
         "fault": fault,
     }
     trainer = _trainer(
         cfg,
+        use_gpu=use_gpu,
         loop_config=loop_config,
         storage=storage,
         name=name,
@@ -205,9 +222,10 @@ def finetune(
             "epochs": state["history"],
             "n_train": n_train,
             "n_valid": n_valid,
-            "deepspeed": cfg.deepspeed_setting,
+            "deepspeed": deepspeed,
             "ray_run": f"{storage}/{name}",
             "config": to_dict(cfg),
+            "model": to_dict(model),
         },
     )
     logger.info(

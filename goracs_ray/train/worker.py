@@ -101,16 +101,16 @@ def _restore(model, ckpt_dir: Path) -> tuple[EarlyStopping, dict[str, torch.Tens
     return stopper, (load_file(str(best_file)) if best_file.is_file() else None)
 
 
-def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None):
+def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None, *, use_gpu: bool, deepspeed):
     """Wrap the model (DDP or DeepSpeed), build AdamW and restore optimiser state."""
     import ray.train.torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
-    bf16 = cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    bf16 = use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     ds_cfg = deepspeed_config(
-        cfg.deepspeed_setting,
+        deepspeed,
         micro_batch_size=cfg.batch_size,
         grad_accum=cfg.grad_accum,
         grad_clip=cfg.grad_clip,
@@ -133,7 +133,7 @@ def _setup(cfg: TrainConfig, model, device, ckpt_dir: Path | None):
         return stepper, ds_cfg
     import deepspeed
 
-    if not cfg.use_gpu:
+    if not use_gpu:
         # The shm all-reduce op would be JIT-compiled (minutes) on CPU; gloo does the job.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(
@@ -248,8 +248,8 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
     torch.manual_seed(cfg.seed)  # identical LoRA init on every worker
     model, tokenizer = load_causal_lm(
         config["model_path"],
-        lora=cfg.lora,
-        adapter_path=cfg.adapter_path,
+        lora=config["model"].lora,
+        adapter_path=config["model"].adapter_path,
         attn_implementation="sdpa",  # 1.7x eager's training speed on CPU (tiny LLaMA, measured)
     )
     stopper, best = EarlyStopping(cfg.patience), None
@@ -259,7 +259,14 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
         if ckpt_dir is not None:
             stopper, best = _restore(model, ckpt_dir)
             logger.info("rank %d resumes after epoch %d", rank, len(stopper.history) - 1)
-        stepper, ds_cfg = _setup(cfg, model, device, ckpt_dir)
+        stepper, ds_cfg = _setup(
+            cfg,
+            model,
+            device,
+            ckpt_dir,
+            use_gpu=config["use_gpu"],
+            deepspeed=config["deepspeed"],
+        )
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across workers
     yes_no = ctr_token_ids(tokenizer).to(device) if task is Task.CTR else None
     worker = _Worker(
@@ -271,8 +278,9 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
 def train_func(config: dict[str, Any]) -> None:
     """Per-worker training loop (``train_loop_config`` built by `goracs_ray.train.finetune`).
 
-    Keys: ``cfg`` (TrainConfig), ``task`` (Task value), ``model_path`` (str), ``fault``
-    (FaultInjection or None).
+    Keys: ``cfg`` (TrainConfig), ``model`` (ModelConfig: LoRA settings or start adapter),
+    ``task`` (Task value), ``model_path`` (str), ``use_gpu`` (bool), ``deepspeed`` (ZeRO stage,
+    JSON path or None), ``fault`` (FaultInjection or None).
     """
     import ray.train
 

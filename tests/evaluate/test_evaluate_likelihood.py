@@ -104,7 +104,7 @@ def _evaluate_seqrec(cfg, tmp_path, eval_data, eval_model_dir):
     """`evaluate` of the base model on the SeqRec fixture samples into ``tmp_path/eval``."""
     return evaluate(
         cfg,
-        model_path=eval_model_dir,
+        model=eval_model_dir,
         adapter_path=None,
         test_samples=eval_data["seqrec"],
         items=eval_data["items"],
@@ -172,5 +172,5 @@ def test_seqrec_likelihood_only(tmp_path, eval_data, eval_model_dir):
 
 @pytest.mark.parametrize("value", [[], ["beam"], ["likelihood", "bleu"]])
 def test_seqrec_ranking_is_validated(value):
-    with pytest.raises(ValueError, match="evaluate.seqrec_ranking"):
+    with pytest.raises(ValueError, match="eval.seqrec_ranking"):
         EvalConfig(seqrec_ranking=value)

@@ -40,7 +40,7 @@ def test_seqrec_evaluate_end_to_end(tmp_path, eval_data, eval_model_dir, adapter
     out = tmp_path / "eval"
     result = evaluate(
         cfg,
-        model_path=eval_model_dir,
+        model=eval_model_dir,
         adapter_path=adapter_dir,
         test_samples=eval_data["seqrec"],
         items=eval_data["items"],
@@ -77,7 +77,7 @@ def test_ctr_evaluate_end_to_end(tmp_path, eval_data, eval_model_dir, adapter_di
     out = tmp_path / "eval"
     result = evaluate(
         EvalConfig(batch_size=3, max_length=128),
-        model_path=eval_model_dir,
+        model=eval_model_dir,
         adapter_path=adapter_dir,
         test_samples=eval_data["ctr"],
         items=None,
@@ -91,7 +91,7 @@ def test_ctr_evaluate_end_to_end(tmp_path, eval_data, eval_model_dir, adapter_di
     # The adapter changes P(Yes): base-model scores differ.
     base = evaluate(
         EvalConfig(batch_size=8, max_length=128),
-        model_path=eval_model_dir,
+        model=eval_model_dir,
         adapter_path=None,
         test_samples=eval_data["ctr"],
         items=None,
@@ -109,7 +109,7 @@ def test_seqrec_without_negatives_is_rejected(tmp_path, eval_model_dir, eval_dat
     with pytest.raises(ValueError, match="negatives"):
         evaluate(
             EvalConfig(),
-            model_path=eval_model_dir,
+            model=eval_model_dir,
             adapter_path=None,
             test_samples=table,
             items=eval_data["items"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from goracs_ray.data.schema import FEATURE_COLUMNS
 from goracs_ray.features.compute import FeatureComputer, token_batches, warmup_adapter
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.features.embed import SentenceEncoder, embedding_texts, pool_hidden, token_mask
+from goracs_ray.models.config import LoraSettings, ModelConfig
 from goracs_ray.models.synthetic import synthetic_samples
 
 
@@ -39,11 +41,16 @@ def test_token_batches_cover_once_within_budget():
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
 def test_computer_output_and_batching_invariance(tiny_model_dir, task):
-    small = FeaturesConfig(task=task, max_length=128, batch_tokens=128, proj_dim=32)
-    large = FeaturesConfig(task=task, max_length=128, batch_tokens=4096, proj_dim=32)
+    small = FeaturesConfig(max_length=128, batch_tokens=128, proj_dim=32)
+    large = FeaturesConfig(max_length=128, batch_tokens=4096, proj_dim=32)
     ids, splits, prompts, outputs = _rows(12, task)
-    a = FeatureComputer(small, tiny_model_dir, None).compute(ids, splits, prompts, outputs)
-    b = FeatureComputer(large, tiny_model_dir, None).compute(ids, splits, prompts, outputs)
+    model = ModelConfig(path=tiny_model_dir)
+    a = FeatureComputer(small, model, task, tiny_model_dir, None).compute(
+        ids, splits, prompts, outputs
+    )
+    b = FeatureComputer(large, model, task, tiny_model_dir, None).compute(
+        ids, splits, prompts, outputs
+    )
     assert a.column_names == list(FEATURE_COLUMNS)
     assert a["sample_id"].to_pylist() == ids
     for col in ("grad_norm", "loss"):
@@ -88,7 +95,7 @@ def test_warmup_makes_lora_a_grads_nonzero(tmp_path, tiny_model_dir):
 
     cfg = FeaturesConfig(grad_target="all_lora", warmup_steps=3, max_length=96)
     _, _, prompts, outputs = _rows(16)
-    adapter = warmup_adapter(cfg, tiny_model_dir, prompts, outputs, tmp_path / "ad")
+    adapter = warmup_adapter(cfg, LoraSettings(), tiny_model_dir, prompts, outputs, tmp_path / "ad")
     model, tok = load_causal_lm(tiny_model_dir, adapter_path=adapter)
     names = target_parameter_names(model, "all_lora")
     batch = tokenize_samples(tok, prompts[:3], outputs[:3], max_length=96)
@@ -105,9 +112,8 @@ def test_warmup_makes_lora_a_grads_nonzero(tmp_path, tiny_model_dir):
         ({"max_actors": 0}, "max_actors"),
         ({"batch_tokens": 10}, "batch_tokens"),
         ({"grad_method": "vmap"}, "vmap"),
-        ({"task": "rank"}, "task"),
-        ({"dtype": "int8"}, "dtype"),
         ({"actor_cpus": 0}, "actor_cpus"),
+        ({"actor_gpus": -1}, "actor_gpus"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, field):
@@ -117,10 +123,28 @@ def test_config_rejects_bad_values(kwargs, field):
         from_dict(FeaturesConfig, kwargs)
 
 
+@pytest.mark.parametrize(
+    ("key", "new"),
+    [
+        ("model_path", "model.path"),
+        ("lora", "model.lora"),
+        ("dtype", "model.dtype"),
+        ("engine", "model.deepspeed"),
+        ("task", "data.task"),
+    ],
+)
+def test_moved_model_keys_name_their_new_place(key, new):
+    from goracs_ray.configutil import from_dict
+
+    with pytest.raises(ValueError, match=rf"`features\.{key}` has moved to `{re.escape(new)}`"):
+        from_dict(FeaturesConfig, {key: "x"}, where="features")
+
+
 _DS_SCRIPT = """
 import sys, numpy as np
 from goracs_ray.features.compute import FeatureComputer
 from goracs_ray.features.config import FeaturesConfig
+from goracs_ray.models.config import ModelConfig
 from goracs_ray.models.synthetic import synthetic_samples
 from goracs_ray.data.prompts import format_prompt
 rows = synthetic_samples(6, seed=5).to_pylist()
@@ -129,8 +153,10 @@ args = ([r["sample_id"] for r in rows], ["train"] * 6,
 out = {}
 for engine in ("torch", "deepspeed"):
     import torch; torch.manual_seed(0)
-    cfg = FeaturesConfig(engine=engine, deepspeed_stage=int(sys.argv[2]), grad_target="all_lora")
-    out[engine] = FeatureComputer(cfg, sys.argv[1], None).compute(*args)["grad_norm"].to_numpy()
+    cfg = FeaturesConfig(grad_target="all_lora")
+    model = ModelConfig(deepspeed=int(sys.argv[2]) if engine == "deepspeed" else None)
+    computer = FeatureComputer(cfg, model, "seqrec", sys.argv[1], None)
+    out[engine] = computer.compute(*args)["grad_norm"].to_numpy()
 np.testing.assert_allclose(out["deepspeed"], out["torch"], rtol=1e-5)
 assert (out["torch"] > 0).all()
 print("OK", out["torch"][:3])

@@ -10,11 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from goracs_ray.data.schema import ITEM_SCHEMA
+from goracs_ray.data.schema import ITEM_SCHEMA, Task
 from goracs_ray.features.actors import compute_features
 from goracs_ray.features.compute import FeatureComputer
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.io import read_json
+from goracs_ray.models.config import LoraSettings, ModelConfig
 from goracs_ray.models.synthetic import synthetic_samples
 
 
@@ -37,9 +38,8 @@ def samples_dir(tmp_path_factory):
     return out
 
 
-def _cfg(model_dir):
+def _cfg():
     return FeaturesConfig(
-        model_path=model_dir,
         rows_per_shard=40,
         min_actors=2,
         max_actors=2,
@@ -62,21 +62,23 @@ def _expected_ids(samples_dir):
 
 
 def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir, tiny_model_dir):
-    cfg = _cfg(tiny_model_dir)
+    cfg = _cfg()
     want = _expected_ids(samples_dir)
     assert len(want) >= 500
 
-    clean = compute_features(cfg, samples_dir, tmp_path / "clean")
+    clean = compute_features(cfg, samples_dir, tmp_path / "clean", model=tiny_model_dir)
     table, files = _read(tmp_path / "clean")
     assert clean.n_rows == 520
     assert len(files) == clean.n_shards == 13
     assert sorted(table["sample_id"].to_pylist()) == sorted(want)  # exactly once
-    manifest = read_json(tmp_path / "clean" / "manifest.json")
+    manifest = read_json(tmp_path / "clean" / "_manifest.json")
     assert manifest["n_rows"] == 520
     assert manifest["splits"] == {"train": 460, "valid": 60}
 
     crash = tmp_path / "crash.flag"
-    faulty = compute_features(cfg, samples_dir, tmp_path / "faulty", crash_once_file=str(crash))
+    faulty = compute_features(
+        cfg, samples_dir, tmp_path / "faulty", model=tiny_model_dir, crash_once_file=str(crash)
+    )
     assert crash.exists()  # an actor really died mid-shard
     ftable, _ = _read(tmp_path / "faulty")
     assert faulty.n_rows == 520
@@ -88,14 +90,14 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
     np.testing.assert_allclose(pb_, pa_, rtol=1e-4, atol=1e-6)
 
     files[3].unlink()
-    resumed = compute_features(cfg, samples_dir, tmp_path / "clean")
+    resumed = compute_features(cfg, samples_dir, tmp_path / "clean", model=tiny_model_dir)
     assert resumed.n_skipped == 12
     rtable, _ = _read(tmp_path / "clean")
     assert sorted(rtable["sample_id"].to_pylist()) == sorted(want)
 
     # the same rows computed locally (another process, no Ray) give the same projection
     rows = pq.read_table(tmp_path / "clean" / "_pool.parquet").slice(0, 5).to_pydict()
-    local = FeatureComputer(cfg, tiny_model_dir, None).compute(
+    local = FeatureComputer(cfg, ModelConfig(), Task.SEQREC, tiny_model_dir, None).compute(
         rows["sample_id"], rows["split"], rows["prompt"], rows["output"]
     )
     first = pq.read_table(tmp_path / "clean" / "part-00000.parquet").slice(0, 5)
@@ -108,16 +110,21 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
 
 
 def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, tiny_model_dir):
-    cfg = _cfg(tiny_model_dir)
+    cfg = _cfg()
     cfg.splits, cfg.min_actors, cfg.max_actors, cfg.rows_per_shard = ("valid",), 1, 1, 60
-    first = compute_features(cfg, samples_dir, tmp_path / "f")
+    first = compute_features(cfg, samples_dir, tmp_path / "f", model=tiny_model_dir)
     assert first.n_shards == 1
-    again = compute_features(cfg, samples_dir, tmp_path / "f")  # complete: nothing to do
+    again = compute_features(
+        cfg, samples_dir, tmp_path / "f", model=tiny_model_dir
+    )  # complete: nothing to do
     assert again.n_skipped == 1
+    other_adapter = ModelConfig(path=tiny_model_dir, lora=LoraSettings(r=4))
+    with pytest.raises(FileExistsError, match="--overwrite"):  # another model setting
+        compute_features(cfg, samples_dir, tmp_path / "f", model=other_adapter)
     cfg.proj_dim = 8
     with pytest.raises(FileExistsError, match="--overwrite"):
-        compute_features(cfg, samples_dir, tmp_path / "f")
-    res = compute_features(cfg, samples_dir, tmp_path / "f", overwrite=True)
+        compute_features(cfg, samples_dir, tmp_path / "f", model=tiny_model_dir)
+    res = compute_features(cfg, samples_dir, tmp_path / "f", model=tiny_model_dir, overwrite=True)
     assert res.n_skipped == 0
 
 
@@ -145,9 +152,12 @@ def test_cli_model_tiny_then_features(ray_local, tmp_path, samples_dir):
     assert 0 < record["steps"] <= 100
     args = ["features", "--samples", str(samples_dir), "--out", str(tmp_path / "f")]
     sets = ["splits=[valid]", "rows_per_shard=30", "min_actors=1", "max_actors=1"]
-    sets += ["actor_cpus=0.5", f"model_path={tmp_path / 'm'}", "grad_target=all_lora"]
+    sets += ["actor_cpus=0.5", "grad_target=all_lora", "model.lora.r=4"]
+    args += ["--model", str(tmp_path / "m")]
     assert main(args + [x for s in sets for x in ("--set", s)]) == 0
     table = pq.read_table(tmp_path / "f" / "part-00001.parquet")
     assert table.num_rows == 30
-    assert read_json(tmp_path / "f" / "manifest.json")["config"]["grad_target"] == "all_lora"
+    manifest = read_json(tmp_path / "f" / "_manifest.json")
+    assert manifest["config"]["grad_target"] == "all_lora"
+    assert (manifest["model"]["lora"]["r"], manifest["task"]) == (4, "seqrec")
     assert main(args + ["--set", "proj_dim=-1"]) == 2  # bad config → exit code 2

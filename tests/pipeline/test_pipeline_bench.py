@@ -85,6 +85,8 @@ def test_rerun_is_cached_and_a_new_seed_runs_only_its_arms(first_run, bench_yaml
     assert again.table.num_rows == 6
     manifest = json.loads((first_run / "manifest.json").read_text())
     assert all(s["cached"] for s in manifest["stages"])
+    # cached stages keep the time their output took to build
+    assert all(s["seconds"] > 0 for s in manifest["stages"] if s["name"].startswith("finetune"))
     changed = load_bench_config(
         bench_yaml,
         ["bench.methods=[random]", "bench.seeds=[0, 1, 2]", "bench.full_data=false"],

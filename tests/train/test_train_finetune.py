@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from goracs_ray.io import read_json
-from goracs_ray.models.lm import LoraSettings
+from goracs_ray.models.config import LoraSettings, ModelConfig
 from goracs_ray.train import FaultInjection, TrainConfig, deepspeed_config, finetune
 from goracs_ray.train.core import EarlyStopping
 
@@ -24,12 +24,17 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
         lr=5e-3,
         num_workers=2,
         cpus_per_worker=0.5,
-        deepspeed=None,
-        lora=LoraSettings(r=4, alpha=8),
         max_failures=1,
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def _model(model_dir, **kw) -> ModelConfig:
+    """The tiny test model with a small fresh adapter, plain DDP."""
+    return ModelConfig(
+        **{"path": model_dir, "deepspeed": None, "lora": LoraSettings(r=4, alpha=8), **kw}
+    )
 
 
 def _lora_b_norm(adapter_dir) -> float:
@@ -43,7 +48,7 @@ def test_two_worker_finetune_checkpoints_and_resumes(
     train, valid = train_data["seqrec"]
     out = tmp_path / "ft"
     kw = dict(
-        model_path=train_model_dir,
+        model=_model(train_model_dir),
         train_samples=train,
         valid_samples=valid,
         out_dir=out,
@@ -87,8 +92,8 @@ def test_worker_killed_mid_epoch_deepspeed_restores_and_finishes(
     marker = tmp_path / "killed.txt"
     out = tmp_path / "ft"
     adapter = finetune(
-        _cfg(tmp_path, epochs=2, deepspeed=2),
-        model_path=train_model_dir,
+        _cfg(tmp_path, epochs=2),
+        model=_model(train_model_dir, deepspeed=2),
         train_samples=train,
         valid_samples=valid,
         out_dir=out,
@@ -124,7 +129,7 @@ def test_deepspeed_config_generation_and_user_json(tmp_path):
         )
     )
     filled = deepspeed_config(
-        TrainConfig(deepspeed=str(user)).deepspeed_setting, micro_batch_size=8, grad_accum=2
+        ModelConfig(deepspeed=str(user)).deepspeed_setting(False), micro_batch_size=8, grad_accum=2
     )
     assert filled == {
         "zero_optimization": {"stage": 3},
@@ -137,9 +142,9 @@ def test_deepspeed_config_generation_and_user_json(tmp_path):
 
 
 def test_deepspeed_auto_is_stage_2_on_gpu_only():
-    assert TrainConfig(use_gpu=True).deepspeed_setting == 2
-    assert TrainConfig(use_gpu=False).deepspeed_setting is None
-    assert TrainConfig(deepspeed=3).deepspeed_setting == 3
+    assert ModelConfig().deepspeed_setting(on_gpu=True) == 2
+    assert ModelConfig().deepspeed_setting(on_gpu=False) is None
+    assert ModelConfig(deepspeed=3).deepspeed_setting(on_gpu=False) == 3
 
 
 @pytest.mark.parametrize(
@@ -147,7 +152,6 @@ def test_deepspeed_auto_is_stage_2_on_gpu_only():
     [
         ({"epochs": 0}, "train.epochs"),
         ({"min_workers": 3, "num_workers": 2}, "train.min_workers"),
-        ({"deepspeed": 4}, "train.deepspeed"),
         ({"patience": 0}, "train.patience"),
         ({"lr": 0.0}, "train.lr"),
         ({"warmup_steps": -1}, "train.warmup_steps"),
@@ -169,8 +173,8 @@ def test_worker_threads_follow_the_reserved_cpus():
 
 
 def test_missing_deepspeed_json_names_the_field(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.deepspeed"):
-        TrainConfig(deepspeed=str(tmp_path / "nope.json"))
+    with pytest.raises(ValueError, match="model.deepspeed"):
+        ModelConfig(deepspeed=str(tmp_path / "nope.json"))
 
 
 def test_early_stopping_patience():
@@ -193,7 +197,7 @@ def test_finetune_rejects_samples_without_the_prompt_columns(ray_local, tmp_path
     with pytest.raises(ValueError, match="`instruction`"):
         finetune(
             _cfg(tmp_path),
-            model_path=train_model_dir,
+            model=_model(train_model_dir),
             train_samples=bad,
             valid_samples=bad,
             out_dir=tmp_path / "o",
@@ -203,20 +207,20 @@ def test_finetune_rejects_samples_without_the_prompt_columns(ray_local, tmp_path
 
 
 def test_train_config_from_yaml_section(tmp_path):
-    from goracs_ray.config import read_section
+    from goracs_ray.config import read_model, read_section, split_overrides
     from goracs_ray.configutil import from_dict
 
     path = tmp_path / "run.yaml"
-    path.write_text("train:\n  epochs: 4\n  lora:\n    r: 16\n    target_modules: [v_proj]\n")
-    cfg = from_dict(TrainConfig, read_section(str(path), "train", ["deepspeed=3"]), where="train")
-    assert (cfg.epochs, cfg.lora.r, cfg.lora.target_modules, cfg.deepspeed) == (
-        4,
-        16,
-        ("v_proj",),
-        3,
+    path.write_text(
+        "train:\n  epochs: 4\nmodel:\n  lora:\n    r: 16\n    target_modules: [v_proj]\n"
     )
-    with pytest.raises(ValueError, match=r"train\.lora\.rank"):
-        from_dict(TrainConfig, {"lora": {"rank": 2}}, where="train")
+    stage_set, model_set = split_overrides(["grad_accum=3", "model.deepspeed=3"])
+    cfg = from_dict(TrainConfig, read_section(str(path), "train", stage_set), where="train")
+    model = read_model(str(path), model_set)
+    assert (cfg.epochs, cfg.grad_accum) == (4, 3)
+    assert (model.lora.r, model.lora.target_modules, model.deepspeed) == (16, ("v_proj",), 3)
+    with pytest.raises(ValueError, match=r"model\.lora\.rank"):
+        from_dict(ModelConfig, {"lora": {"rank": 2}}, where="model")
 
 
 def test_finetune_from_an_adapter_with_warmup_all_linear_and_capped_validation(
@@ -228,10 +232,11 @@ def test_finetune_from_an_adapter_with_warmup_all_linear_and_capped_validation(
     from transformers import AutoModelForCausalLM
 
     train, valid = train_data["seqrec"]
-    kw = dict(model_path=train_model_dir, train_samples=train, valid_samples=valid, task="seqrec")
+    kw = dict(train_samples=train, valid_samples=valid, task="seqrec")
     lora = LoraSettings(r=4, alpha=8, target_modules=["all-linear"])
     first = finetune(
-        _cfg(tmp_path, num_workers=1, lora=lora, warmup_steps=3, max_valid_samples=2),
+        _cfg(tmp_path, num_workers=1, warmup_steps=3, max_valid_samples=2),
+        model=_model(train_model_dir, lora=lora),
         out_dir=tmp_path / "a",
         **kw,
     )
@@ -243,7 +248,8 @@ def test_finetune_from_an_adapter_with_warmup_all_linear_and_capped_validation(
     assert "lm_head" not in targets
     start = load_file(str(first / "adapter_model.safetensors"))
     second = finetune(
-        _cfg(tmp_path, num_workers=1, adapter_path=str(first), lr=1e-9),
+        _cfg(tmp_path, num_workers=1, lr=1e-9),
+        model=_model(train_model_dir, adapter_path=first),
         out_dir=tmp_path / "b",
         **kw,
     )
@@ -297,7 +303,7 @@ def test_train_on_inputs_is_seqrec_only(ray_local, tmp_path, train_data, train_m
     with pytest.raises(ValueError, match="train_on_inputs"):
         finetune(
             _cfg(tmp_path, train_on_inputs=True),
-            model_path=train_model_dir,
+            model=_model(train_model_dir),
             train_samples=train,
             valid_samples=valid,
             out_dir=tmp_path / "o",

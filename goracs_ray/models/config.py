@@ -1,0 +1,238 @@
+"""`ModelConfig`: the one model section (``model:``) that features, fine-tuning and evaluation read.
+
+Every stage uses the same base model, the same LoRA parameterisation (the gradients GORACS
+measures live in the adapter that fine-tuning trains), the same starting adapter, device and
+DeepSpeed choice. Stage functions take a :class:`ModelConfig` whose ``path`` is set (the pipeline
+builds the tiny model first when it is not) and the task as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+__all__ = [
+    "ALL_LINEAR",
+    "AUTO",
+    "DEFAULT_TINY",
+    "GradTarget",
+    "LoraSettings",
+    "ModelConfig",
+    "TinyModelConfig",
+    "as_model_config",
+]
+
+AUTO = "auto"
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+ALL_LINEAR = "all-linear"
+"""peft's shorthand for every linear layer but the output head."""
+
+
+class GradTarget(str, enum.Enum):
+    """Which LoRA parameters are trainable / have their per-sample gradients measured."""
+
+    LAST_V_LORA_B = "last_v_lora_b"
+    """Only ``layers[-1].self_attn.v_proj.lora_B`` (the reference, METHOD.md §6)."""
+    ALL_LORA = "all_lora"
+    """Every LoRA matrix (lora_A and lora_B of every target module)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters (reference defaults: r 8, α 16, dropout 0.05, q_proj/v_proj)."""
+
+    r: int = 8
+    """Rank."""
+    alpha: int = 16
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training (inactive in eval mode)."""
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names that receive adapters; ``[all-linear]`` (or the string ``all-linear``): every
+    linear layer of the decoder except the output head (peft's shorthand)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"`r` must be ≥ 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
+        modules = self.target_modules
+        modules = (modules,) if isinstance(modules, str) else tuple(modules)
+        if not modules:
+            raise ValueError("`target_modules` is empty; name at least one module, e.g. v_proj")
+        if ALL_LINEAR in modules and len(modules) > 1:
+            raise ValueError(f"`target_modules`: `{ALL_LINEAR}` stands alone, got {list(modules)}")
+        object.__setattr__(self, "target_modules", modules)
+
+    def to_peft(self):
+        """The equivalent ``peft.LoraConfig`` for a causal LM."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=(
+                ALL_LINEAR if self.target_modules == (ALL_LINEAR,) else list(self.target_modules)
+            ),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModelConfig:
+    """Size and pretraining of the tiny LLaMA built when no ``model.path`` is given."""
+
+    vocab_size: int = 1024
+    """BPE vocabulary size."""
+    hidden_size: int = 64
+    """Hidden size."""
+    num_layers: int = 2
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads."""
+    intermediate_size: int = 128
+    """MLP size."""
+    max_position_embeddings: int = 512
+    """Longest sequence."""
+    pretrain_steps: int = 3000
+    """At most this many next-token steps on the catalog text (item titles, years, genres;
+    never the samples), fewer once the corpus loss stops improving (0: random init)."""
+    pretrain_patience: int = 3
+    """Corpus-loss checks (every 50 steps) without a 0.5 % gain before pretraining stops."""
+
+
+DEFAULT_TINY = TinyModelConfig()
+"""The default CPU model (≈ 0.2 M parameters): the full ml-100k pool fits in < 10 min on 2 cores."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The base LLM and its adapter, for every stage (features, fine-tuning, evaluation)."""
+
+    path: Path | None = None
+    """HF causal-LM directory (LLaMA, Qwen, …). ``None``: build a tiny LLaMA-architecture model
+    and BPE tokenizer pretrained on the prepared catalog's item text only (titles, years,
+    genres), never on the samples: it knows the items, not the users (CPU demos and tests)."""
+    tiny: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
+    """Size and pretraining of the tiny model (used only when ``path`` is None)."""
+    seed: int = 0
+    """Seed of the tiny model's initialisation and pretraining."""
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    """The LoRA adapter: its gradients are the features' gradient norms, and fine-tuning trains
+    it (ignored when ``adapter_path`` is given: that adapter's own settings are used)."""
+    adapter_path: Path | None = None
+    """Start from this peft adapter dir (the reference starts from an instruction-tuned adapter)
+    instead of a fresh ``lora`` one: the features' gradients are measured on it and fine-tuning
+    continues from it."""
+    dtype: str = "float32"
+    """Weights dtype of the features and evaluation forward passes: float32, bfloat16 or float16.
+    Fine-tuning keeps float32 master weights (bfloat16 autocast on a GPU that supports it)."""
+    device: str = AUTO
+    """``auto`` (a GPU wherever Ray has one: one per fine-tuning worker, features actor and the
+    evaluation), ``cpu``, or ``cuda`` (``cuda:i`` for the evaluation's device)."""
+    deepspeed: int | str | None = AUTO
+    """DeepSpeed ZeRO: ``auto`` (fine-tuning: stage 2 on GPU, plain DDP on CPU; features: plain
+    torch), ``None`` (never), a stage ``0``–``3`` (fine-tuning config generated; features actors
+    run the model as a ZeRO engine of that stage) or the path of a user DeepSpeed JSON config
+    (fine-tuning only)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(
+                f"`model.dtype` must be float32, bfloat16 or float16, got {self.dtype!r}"
+            )
+        if self.device != AUTO and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"`model.device` must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}"
+            )
+        ds = self.deepspeed
+        if isinstance(ds, bool) or (isinstance(ds, int) and ds not in (0, 1, 2, 3)):
+            raise ValueError(
+                f"`model.deepspeed` must be a stage 0–3, a JSON path, 'auto' or null, got {ds!r}"
+            )
+        if isinstance(ds, str) and ds != AUTO and not Path(ds).is_file():
+            raise ValueError(
+                f"`model.deepspeed` = `{ds}` is neither 'auto' nor an existing DeepSpeed JSON "
+                "file; give a stage 0–3, a JSON path, 'auto' or null"
+            )
+
+    def check_paths(self) -> None:
+        """Check that ``path`` and ``adapter_path``, where set, are a HF model and a peft
+        adapter dir (done by every stage before it starts work; a cluster config need not
+        resolve on the machine that edits it).
+
+        Raises
+        ------
+        FileNotFoundError
+            Naming the field and what the directory lacks.
+        """
+        if self.path is not None and not (Path(self.path) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"`model.path` `{self.path}` is not a HF model dir (no config.json); give a "
+                "directory saved by `save_pretrained`, or leave it null to build the tiny model"
+            )
+        if (
+            self.adapter_path is not None
+            and not (Path(self.adapter_path) / "adapter_config.json").is_file()
+        ):
+            raise FileNotFoundError(
+                f"`model.adapter_path` `{self.adapter_path}` is not a peft adapter dir (no "
+                "adapter_config.json); give the dir written by `goracs finetune` or peft"
+            )
+
+    @property
+    def resolved_path(self) -> Path:
+        """``path``, which must be set by now (the pipeline builds the tiny model first), after
+        :meth:`check_paths`."""
+        if self.path is None:
+            raise ValueError(
+                "`model.path` is not set: give a HF model dir, or build the tiny model first "
+                "(`goracs model tiny --samples DIR --out MODEL`, or run the whole pipeline)"
+            )
+        self.check_paths()
+        return Path(self.path)
+
+    def wants_gpu(self, gpus_available: bool) -> bool:
+        """Whether a stage uses GPUs, given whether the cluster (or process) has any.
+
+        Raises
+        ------
+        ValueError
+            ``device`` is ``cuda`` but no GPU is available.
+        """
+        if self.device == AUTO:
+            return gpus_available
+        if self.device.startswith("cuda"):
+            if not gpus_available:
+                raise ValueError(
+                    f"`model.device` is {self.device!r} but no GPU is available here; set "
+                    "`model.device: auto` or `cpu`"
+                )
+            return True
+        return False
+
+    def deepspeed_setting(self, on_gpu: bool) -> int | Path | None:
+        """Fine-tuning's DeepSpeed choice: a ZeRO stage, a user JSON path, or None (plain DDP)."""
+        if self.deepspeed == AUTO:
+            return 2 if on_gpu else None
+        if isinstance(self.deepspeed, str):
+            return Path(self.deepspeed)
+        return self.deepspeed
+
+    @property
+    def features_zero_stage(self) -> int | None:
+        """ZeRO stage of the features actors' DeepSpeed engine (None: plain torch)."""
+        return self.deepspeed if isinstance(self.deepspeed, int) else None
+
+
+def as_model_config(model: ModelConfig | str | Path) -> ModelConfig:
+    """``model`` itself, or ``ModelConfig(path=model)`` for a plain model dir."""
+    if isinstance(model, ModelConfig):
+        return model
+    return ModelConfig(path=Path(model))
