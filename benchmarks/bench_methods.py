@@ -19,7 +19,7 @@ import logging
 
 from goracs_ray.bench import load_bench_config, run_bench
 from goracs_ray.bench.config import FULL_DATA
-from goracs_ray.bench.results import against_random, headline_metric, method_intervals
+from goracs_ray.results import against_random, headline_metric, method_intervals
 from goracs_ray.stats import Interval, verdict
 
 

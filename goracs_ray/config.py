@@ -48,7 +48,7 @@ class RunConfig:
     """A full run: prepare → model → features → select → finetune → evaluate → report."""
 
     run_dir: Path = Path("runs/default")
-    """Directory (local path) holding every stage's artifacts, manifest.json and report.md."""
+    """Directory (local path) holding every stage's artifacts, manifest.json and results.md."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """Interaction source and sample building (``goracs prepare``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -1,19 +1,25 @@
-"""End-to-end run: prepare → model → features → select → finetune → evaluate → report.
+"""The one experiment runner: prepare → model → features, then arms of select → finetune → evaluate.
+
+A run is a set of arms (:class:`Arm`: a selection method at a budget and seed, or the full training
+split). `goracs run` is the one-arm-per-method case (``select.method`` plus ``compare``);
+`goracs bench` (:mod:`goracs_ray.bench`) builds methods × budgets × seeds. Both run their arms
+with :func:`run_arms` and report with :func:`goracs_ray.results.write_results`.
 
 Each stage is cached by content (see :mod:`goracs_ray.stages`): re-running the same config is a
 no-op, changing ``select.lam`` re-runs only selection, fine-tuning and evaluation. The run directory
 is self-describing: ``config.yaml`` (replayable with ``goracs run <run_dir>/config.yaml``),
-``manifest.json`` (config hash, stage keys and timings, package versions, seeds) and ``report.md``.
+``manifest.json`` (config hash, stage keys and timings, package versions, seeds) and ``results.md``.
 
 Layout of ``run_dir``::
 
     prepare/samples/{train,valid,test,items}.parquet, dataset_card.json
     model/                      tiny HF model (only when ``model.path`` is not given)
-    features/                   features Parquet shards + manifest
+    features/                   features Parquet shards + _manifest.json
     select/<method>/            coreset.parquet, coreset_samples.parquet, selection_trace.json
     finetune/<method>/adapter/  peft adapter
     evaluate/<method>/          metrics.json, predictions.parquet (per-sample values behind CIs)
-    config.yaml  manifest.json  report.md  poo.png  metrics.png
+    config.yaml  manifest.json  results.md  results.parquet  metric_vs_budget.png  time.png
+    poo.png
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,7 @@ from goracs_ray.config import RunConfig
 from goracs_ray.configutil import to_dict
 from goracs_ray.io import atomic_file, read_json, write_json
 from goracs_ray.models.config import ModelConfig
-from goracs_ray.report import ArmResult, write_report
+from goracs_ray.results import ArmResult, headline_metric, results_table, write_results
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
 from goracs_ray.train.config import TrainConfig
@@ -48,6 +56,7 @@ __all__ = [
     "RunResult",
     "prepare_inputs",
     "run_arm",
+    "run_arms",
     "run_pipeline",
     "select_stage",
     "selection_arm",
@@ -70,6 +79,8 @@ class RunResult:
     """One entry per selection method: metrics and stage timings."""
     stages: list[StageRecord]
     """Every stage invocation, cached or not, in order."""
+    results_md: Path | None = None
+    """``results.md``: metrics with 95 % CIs, the paired comparison against random, plots."""
 
 
 def select_stage(cfg, features_dir: Path, samples_dir: Path, out_dir: Path, *, use_labels: bool):
@@ -193,7 +204,6 @@ def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
     from goracs_ray.features import compute_features
     from goracs_ray.models.tiny import build_model
 
-    cfg.model.check_paths()  # before any work
     run_dir = graph.run_dir
     samples_dir = run_dir / "prepare" / "samples"
 
@@ -293,40 +303,86 @@ def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmR
     return _arm_result(arm, ft_dir, ev_dir, sel_dir)
 
 
-def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
-    """Run every stage of ``cfg`` (cached by content); returns metrics per selection method."""
+def run_arms(
+    graph: StageGraph,
+    cfg: RunConfig,
+    inputs: Inputs,
+    arms: Sequence[Arm],
+    *,
+    parallel: int = 1,
+    progress: bool | None = None,
+) -> list[ArmResult]:
+    """Run ``arms`` (:func:`run_arm` each, every stage cached), ``parallel`` at a time.
+
+    Results come back in the order of ``arms``. On a failing arm the running ones finish, the rest
+    are not started, and the error is raised (a re-run resumes from the cache).
+    """
+    from tqdm.auto import tqdm
+
+    results: list[ArmResult | None] = [None] * len(arms)
+    bar = tqdm(
+        total=len(arms), desc="arms", unit="arm", disable=None if progress is None else not progress
+    )
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="arm") as pool:
+        futures = {pool.submit(run_arm, graph, cfg, inputs, arm): i for i, arm in enumerate(arms)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()  # type: ignore[misc]
+                results[futures[future]] = future.result()
+                bar.update(1)
+    bar.close()
+    return [r for r in results if r is not None]
+
+
+def start_run(cfg: RunConfig, *, force: bool = False) -> tuple[Path, StageGraph, Inputs]:
+    """Write ``config.yaml``, connect to Ray and run the shared stages (prepare → model →
+    features) of ``cfg``: what every experiment does before its arms."""
     from goracs_ray.raycluster import ensure_ray
 
+    cfg.model.check_paths()  # before Ray starts
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     graph = StageGraph(run_dir, force=force)
+    return run_dir, graph, prepare_inputs(cfg, graph)
+
+
+def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
+    """Run ``cfg``: one arm per selection method (``select.method``, then ``compare``) at
+    ``select.budget`` and ``select.seed``, every stage cached by content; write ``results.md``."""
     started = time.perf_counter()
-    inputs = prepare_inputs(cfg, graph)
-    arms = []
-    for method in cfg.methods:
-        # `select.options` belong to the main method only.
-        options = cfg.select.options if method == cfg.select.method else {}
-        arm = selection_arm(
+    run_dir, graph, inputs = start_run(cfg, force=force)
+    arms = [
+        selection_arm(
             method,
             method,
             cfg.select,
             method=method,
-            options=options,
+            # `select.options` belong to the main method only.
+            options=cfg.select.options if method == cfg.select.method else {},
             budget=cfg.select.budget,
             seed=cfg.select.seed,
             train_seed=cfg.train.seed,
         )
-        arms.append(run_arm(graph, cfg, inputs, arm))
+        for method in cfg.methods
+    ]
+    results = run_arms(graph, cfg, inputs, arms, progress=False)
     write_manifest(cfg, run_dir, graph.records, time.perf_counter() - started)
-    write_report(
+    results_md = write_results(
         run_dir,
-        arms,
-        title=f"goracs_ray run: {run_dir.name}",
+        results_table(results),
+        metric=headline_metric(cfg.data.task.value),
+        title=f"goracs run: {run_dir.name}",
         notes=_report_notes(cfg, inputs.samples_dir),
+        poo_traces={r.method: r.poo_trace for r in results},
     )
-    return RunResult(run_dir=run_dir, arms=arms, stages=graph.records)
+    return RunResult(run_dir=run_dir, arms=results, stages=graph.records, results_md=results_md)
 
 
 _NOT_METRICS = {"n", "seconds", "task", "adapter_path"}

@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     for arm in result.arms:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(arm.metrics.items()))
         print(f"{arm.method:>10}: {shown}")
-    print(f"report: {result.run_dir / 'report.md'}")
+    print(f"results: {result.results_md}")
     return 0
 
 

@@ -33,7 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from goracs_ray.report import lower_is_better
+
+def lower_is_better(name: str) -> bool:
+    """True for losses (``test_loss``, ``log_loss``) and mean ranks (``*mean_rank``)."""
+    return "loss" in name or name.endswith("mean_rank")
+
+
+def metric_order(name: str) -> tuple[str, int]:
+    """Sort key of metric names: by name, then by cut-off (``ndcg@5`` before ``ndcg@10``)."""
+    base, _, k = name.partition("@")
+    return (base, int(k) if k.isdigit() else 0)
+
 
 __all__ = [
     "N_BOOT",

@@ -146,8 +146,9 @@ def test_verdicts_respect_lower_is_better_metrics():
 
 
 def test_run_report_shows_the_headline_ci_and_a_paired_line_per_method(tmp_path):
+    """`goracs run` reports through the bench reporter: one seed, CIs over test samples."""
     from goracs_ray.io import write_parquet
-    from goracs_ray.report import ArmResult, write_report
+    from goracs_ray.results import ArmResult, results_table, write_results
 
     rng = np.random.default_rng(6)
     hard = rng.integers(0, 30, 200)
@@ -157,19 +158,28 @@ def test_run_report_shows_the_headline_ci_and_a_paired_line_per_method(tmp_path)
         write_parquet(path, pa.table({"sample_id": _ids(200), "rank": rank}))
         ndcg = metrics.ndcg_at_k(rank, 10)
         times = {"select": 1.0, "finetune": 2.0, "evaluate": 3.0}
-        arms.append(ArmResult(method, 16, 0, {"ndcg@10": ndcg}, times, predictions=str(path)))
+        trace = [0.5, 0.4] if method == "goracs" else ()
+        arms.append(
+            ArmResult(method, 16, 0, {"ndcg@10": ndcg}, times, trace, predictions=str(path))
+        )
     arms.append(ArmResult("old", 16, 0, {"ndcg@10": 0.1}, {}))  # no predictions: no CI
-    text = write_report(tmp_path, arms, title="t").read_text()
-    assert "| method | budget | seed | n | ndcg@10 [95 % CI] | ndcg@10 |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| goracs |"))
+    text = write_results(
+        tmp_path,
+        results_table(arms),
+        metric="ndcg@10",
+        title="t",
+        poo_traces={arm.method: arm.poo_trace for arm in arms},
+    ).read_text()
     table = pa.table({"sample_id": _ids(200), "rank": np.maximum(hard - 8, 0)})
     expected = bootstrap_ci({0: sample_values(table, "ndcg@10")}).format()
-    assert row.startswith(f"| goracs | 16 | 0 | 200 | {expected} | ")
-    assert "| old | 16 | 0 | – | – | 0.1000 |" in text
-    lines = [line for line in text.splitlines() if " − random (ndcg@10)" in line]
-    assert lines[0].startswith("- goracs − random (ndcg@10): +0.")
-    assert lines[0].endswith("(n=200, 1 seed: over test samples only): better")
-    assert lines[1].endswith("(n=200, 1 seed: over test samples only): no difference")
-    diff = 0.1 - metrics.ndcg_at_k(hard, 10)
-    assert lines[2] == f"- old − random (ndcg@10): {diff:+.4f} (no CI: no per-sample predictions)"
-    assert (tmp_path / "metrics.png").stat().st_size > 0
+    row = next(line for line in text.splitlines() if line.startswith("| goracs | 1 |"))
+    assert row.startswith(f"| goracs | 1 | 200 | **{expected}** |")
+    assert "| old | 1 | – | 0.1000 |" in text
+    lines = [
+        line for line in text.splitlines() if line.startswith(("| goracs | 16", "| grand | 16"))
+    ]
+    assert lines[0].endswith("| 200 × 1 | better |")
+    assert lines[1].endswith("| 200 × 1 | no difference |")
+    assert "| old | 16 | -0.0377 | – | – × 1 | n/a (no per-sample predictions) |" in text
+    assert (tmp_path / "poo.png").stat().st_size > 0
+    assert (tmp_path / "metric_vs_budget.png").stat().st_size > 0

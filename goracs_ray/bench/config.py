@@ -9,6 +9,7 @@ from typing import Any
 
 from goracs_ray.config import RunConfig
 from goracs_ray.configutil import apply_overrides, from_dict, load_yaml, set_dotted
+from goracs_ray.results import FULL_DATA
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -38,8 +39,6 @@ DEFAULT_METHODS = (
 )
 """Every registered selection method, baselines first (docs/baselines.md)."""
 
-FULL_DATA = "full_data"
-"""Row label of the reference arm fine-tuned on the whole training split."""
 
 POO_RANDOM = "poo_random"
 """Row label of the extra random coresets of the POO-correlation study."""

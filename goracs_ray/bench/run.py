@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,7 +26,9 @@ from goracs_ray.bench.config import (
     BenchConfig,
     MethodSpec,
 )
-from goracs_ray.bench.results import (
+from goracs_ray.io import read_json
+from goracs_ray.pipeline import Arm, Inputs, run_arms, selection_arm, start_run, write_manifest
+from goracs_ray.results import (
     Headroom,
     headline_metric,
     headroom,
@@ -35,18 +36,6 @@ from goracs_ray.bench.results import (
     results_table,
     write_results,
 )
-from goracs_ray.io import read_json
-from goracs_ray.pipeline import (
-    Arm,
-    Inputs,
-    prepare_inputs,
-    run_arm,
-    selection_arm,
-    write_config,
-    write_manifest,
-)
-from goracs_ray.report import ArmResult
-from goracs_ray.stages import StageGraph
 
 __all__ = ["BenchResult", "bench_arms", "run_bench"]
 
@@ -116,18 +105,9 @@ def run_bench(
     adding a seed, budget or method runs only the new arms. On a failing arm the running ones
     finish, the rest are not started, and the error is raised (a re-run resumes from the cache).
     """
-    from tqdm.auto import tqdm
-
-    from goracs_ray.raycluster import ensure_ray
-
     started = time.perf_counter()
     arms = bench_arms(cfg)
-    run_dir = Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir)
-    ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    graph = StageGraph(run_dir, force=force)
-    inputs = prepare_inputs(cfg, graph)
+    run_dir, graph, inputs = start_run(cfg, force=force)
     n_train = pq.read_metadata(inputs.samples_dir / "train.parquet").num_rows
     for field in ("budgets", "headroom_budgets"):
         too_big = [b for b in getattr(cfg.bench, field) if b >= n_train]
@@ -138,33 +118,20 @@ def run_bench(
             )
     _dry_run(cfg, inputs, arms)
     logger.info("bench: %d arms, %d at a time", len(arms), cfg.bench.parallel_arms)
-    results: list[ArmResult | None] = [None] * len(arms)
-    bar = tqdm(
-        total=len(arms),
-        desc="bench arms",
-        unit="arm",
-        disable=None if progress is None else not progress,
+    done_arms = run_arms(
+        graph, cfg, inputs, arms, parallel=cfg.bench.parallel_arms, progress=progress
     )
-    with ThreadPoolExecutor(cfg.bench.parallel_arms, thread_name_prefix="arm") as pool:
-        futures = {pool.submit(run_arm, graph, cfg, inputs, arm): i for i, arm in enumerate(arms)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()  # type: ignore[misc]
-                results[futures[future]] = future.result()
-                bar.update(1)
-    bar.close()
-    done_arms = [r for r in results if r is not None]
     card = read_json(inputs.samples_dir / "dataset_card.json")
     metric = cfg.bench.metric or headline_metric(cfg.data.task.value)
     sections = _premise(cfg, inputs, results_table(done_arms), run_dir, metric)
     table = results_table([r for r in done_arms if r.method != POO_RANDOM])
     results_md = write_results(
-        run_dir, table, metric=metric, notes=_notes(cfg, card, n_train), sections=sections
+        run_dir,
+        table,
+        metric=metric,
+        title=f"goracs bench: {run_dir.name}",
+        notes=_notes(cfg, card, n_train),
+        sections=sections,
     )
     room = headroom(table, metric)
     log_headroom(room)

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from goracs_ray.bench.config import load_bench_config
-from goracs_ray.bench.results import (
+from goracs_ray.io import write_parquet
+from goracs_ray.results import (
+    ArmResult,
     against_random,
     headroom,
     log_headroom,
@@ -20,8 +22,6 @@ from goracs_ray.bench.results import (
     results_table,
     write_results,
 )
-from goracs_ray.io import write_parquet
-from goracs_ray.report import ArmResult
 
 _NDCG = {  # method → ndcg@10 per seed 0, 1, 2
     "random": [0.10, 0.12, 0.14],
@@ -186,7 +186,7 @@ def test_no_headroom_is_warned_in_results_md_and_logged(tmp_path, caplog):
     room = headroom(table, "ndcg@10")
     assert room.absent == [64, 256]
     assert room.lines()[0].endswith("absent (no difference)")
-    with caplog.at_level(logging.WARNING, logger="goracs_ray.bench.results"):
+    with caplog.at_level(logging.WARNING, logger="goracs_ray.results"):
         log_headroom(room)
     assert sum("no headroom at budget" in r.getMessage() for r in caplog.records) == 2
 

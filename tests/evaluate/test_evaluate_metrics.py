@@ -90,7 +90,7 @@ def test_bad_input_names_the_argument(call, message):
 
 
 def test_losses_and_mean_ranks_are_lower_is_better():
-    from goracs_ray.report import lower_is_better
+    from goracs_ray.stats import lower_is_better
 
     for name in ("test_loss", "log_loss", "mean_rank", "grounded_mean_rank"):
         assert lower_is_better(name), name

@@ -121,9 +121,10 @@ def test_goracs_run_through_the_jobs_api_produces_all_artifacts(submitted_run):
         metrics = json.loads((run_dir / "evaluate" / method / "metrics.json").read_text())
         assert 0.0 <= metrics["ndcg@10"] <= 1.0
         assert metrics["n"] == 4
-    report = (run_dir / "report.md").read_text()
-    assert "| goracs | 16 |" in report
-    assert "| random | 16 |" in report
+    report = (run_dir / "results.md").read_text()
+    assert "| goracs | 1 | 4 |" in report  # method, seeds, test samples
+    assert "| random | 1 | 4 |" in report
+    assert "| goracs | 16 |" in report  # the paired comparison against random
     assert (run_dir / "poo.png").is_file()
     assert (run_dir / "config.yaml").is_file()
     assert not list(run_dir.rglob("*.part"))

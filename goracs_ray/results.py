@@ -1,27 +1,38 @@
-"""Benchmark results: one row per arm → ``results.parquet``, ``results.md`` and plots.
+"""The one reporter of `goracs run` and `goracs bench`: arms → ``results.parquet``,
+``results.md`` and plots.
 
 Pure functions of the results table and the arms' ``predictions.parquet`` (no Ray, no training),
 so they are tested on hand-made rows. Confidence intervals and paired comparisons come from
-:mod:`goracs_ray.stats` (two-level bootstrap over test samples and seeds).
+:mod:`goracs_ray.stats` (two-level bootstrap over test samples and seeds; one seed: over test
+samples only).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from goracs_ray.bench.config import FULL_DATA
 from goracs_ray.io import atomic_file, write_parquet
-from goracs_ray.report import ArmResult, lower_is_better, metric_order
-from goracs_ray.stats import N_BOOT, Interval, bootstrap_ci, paired_bootstrap, read_values, verdict
+from goracs_ray.stats import (
+    N_BOOT,
+    Interval,
+    bootstrap_ci,
+    lower_is_better,
+    metric_order,
+    paired_bootstrap,
+    read_values,
+    verdict,
+)
 
 __all__ = [
+    "FULL_DATA",
+    "ArmResult",
     "Headroom",
     "against_random",
     "headline_metric",
@@ -34,6 +45,30 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+FULL_DATA = "full_data"
+"""Name of the arms fine-tuned on the whole training split (the reference row)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmResult:
+    """One arm's outcome (select → finetune → evaluate)."""
+
+    method: str
+    """Arm name: the selection method (registry) or a bench label such as ``goracs_lam0``."""
+    budget: int
+    """Coreset size n (full data: the training split's size)."""
+    seed: int
+    """Selection seed."""
+    metrics: dict[str, float]
+    """Evaluation metrics, e.g. ``{"ndcg@10": 0.031, "hr@10": 0.07}``."""
+    seconds: dict[str, float]
+    """Wall time per stage: ``{"select": …, "finetune": …, "evaluate": …}``."""
+    poo_trace: Sequence[float] = ()
+    """POO after greedy and after each accepted exchange (GORACS only)."""
+    predictions: str | None = None
+    """Path of the arm's ``predictions.parquet`` (per-test-sample values behind the CIs)."""
+
 
 _TIMES = ("select", "finetune", "evaluate")
 _BASELINE = "random"
@@ -485,16 +520,43 @@ def _relative(table: pa.Table, root: Path) -> pa.Table:
     return table.set_column(i, "predictions", pa.array(paths, pa.string()))
 
 
+def _poo_plot(traces: Mapping[str, Sequence[float]], out_dir: Path) -> bool:
+    """``poo.png``: POO after greedy and after each accepted exchange, per arm with a trace."""
+    traced = {name: list(t) for name, t in traces.items() if len(t)}
+    if not traced:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, trace in traced.items():
+        ax.plot(range(len(trace)), trace, marker=".", label=name)
+    ax.set_xlabel("accepted exchanges (0 = after greedy)")
+    ax.set_ylabel("POO (lower is better)")
+    ax.set_title("ITRA: POO descent")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_file(out_dir / "poo.png") as part:
+        fig.savefig(part, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_results(
     out_dir: Path,
     table: pa.Table,
     *,
     metric: str,
+    title: str | None = None,
     notes: Sequence[str] = (),
     sections: Sequence[str] = (),
+    poo_traces: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Write ``results.parquet`` (predictions paths relative to ``out_dir``), ``results.md``,
-    ``metric_vs_budget.png`` and ``time.png``; log a warning per budget without headroom."""
+    ``metric_vs_budget.png``, ``time.png`` and, given ``poo_traces`` (arm label → POO after
+    greedy and each accepted exchange), ``poo.png``. Returns the ``results.md`` path."""
     out_dir = Path(out_dir)
     if metric not in table.column_names:
         raise ValueError(
@@ -505,13 +567,16 @@ def write_results(
     write_parquet(out_dir / "results.parquet", stored)
     cis = method_intervals(stored, metric, root=out_dir)
     _plot(stored.to_pandas(), metric, out_dir, cis)
+    extra = list(sections)
+    if _poo_plot(poo_traces or {}, out_dir):
+        extra += ["![POO descent](poo.png)", ""]
     text = results_markdown(
         stored,
         metric=metric,
-        title=f"goracs bench: {out_dir.name}",
+        title=title or f"goracs bench: {out_dir.name}",
         notes=notes,
         root=out_dir,
-        sections=sections,
+        sections=extra,
     )
     with atomic_file(out_dir / "results.md") as part:
         part.write_text(text)
