@@ -30,7 +30,9 @@ _COMMANDS: dict[str, str] = {
     "bench": "goracs_ray.bench.cli",
 }
 
-_USER_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, KeyError)
+# OSError covers missing, unreadable and unwritable files (PermissionError, IsADirectoryError, …);
+# EOFError an empty or truncated .npy; their messages name the file.
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, EOFError)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -68,10 +68,20 @@ class RunConfig:
     """Cluster connection."""
 
     def __post_init__(self) -> None:
+        import goracs_ray.select  # noqa: F401  (registers every baseline)
+        from goracs_ray.select.registry import available_selectors
+
         methods = [self.select.method, *self.compare]
         if len(set(methods)) != len(methods):
             raise ValueError(
                 f"`compare` repeats a method ({methods}); list each selection method once"
+            )
+        known = available_selectors()
+        unknown = [m for m in methods if m not in known]
+        if unknown:  # at load, before any stage runs
+            raise ValueError(
+                f"unknown selection method(s) {unknown} in `select.method`/`compare`; choose "
+                f"from {', '.join(known)}"
             )
 
     @property

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = [
+    "check_output",
     "atomic_dir",
     "atomic_file",
     "read_json",
@@ -32,6 +33,49 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
             f"`{path}` already exists. Pass --overwrite (overwrite=True) to replace it, "
             "or choose another output path."
         )
+
+
+def check_output(
+    out: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    *,
+    overwrite: bool = False,
+    flag: str = "--out",
+) -> Path:
+    """Check, before any work, that ``out`` can be written: it does not exist (or ``overwrite``),
+    it is not, does not contain and does not lie inside any of ``inputs`` (so ``--overwrite``
+    never deletes an input), and its nearest existing parent is a writable directory.
+
+    Returns ``out`` as a Path.
+
+    Raises
+    ------
+    FileExistsError, ValueError, PermissionError
+        Naming ``flag``, the path and the fix.
+    """
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+            raise ValueError(
+                f"{flag} `{out}` overlaps the input `{given}`; writing it would replace or delete "
+                "that input. Choose an output path outside every input"
+            )
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"{flag} `{out}` already exists. Pass --overwrite (overwrite=True) to replace it, "
+            "or choose another output path."
+        )
+    parent = target if target.is_dir() else target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} `{out}`: `{parent}` is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} `{out}`: `{parent}` is not writable; choose another path")
+    return Path(out)
 
 
 @contextlib.contextmanager

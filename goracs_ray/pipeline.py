@@ -243,7 +243,7 @@ def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
     return Inputs(samples_dir, model, features_dir, keys, train_cfg)
 
 
-def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmResult:
+def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmResult | None:
     """Select (unless full data) → fine-tune → evaluate one arm; each stage cached by content."""
     from goracs_ray.evaluate import evaluate
     from goracs_ray.train import finetune
@@ -300,6 +300,8 @@ def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmR
 
     eval_key = {"eval": cfg.eval, "model": _model_settings(inputs.model, "dtype")}
     graph.run(f"evaluate/{arm.path}", eval_key, [ft.key], evaluate_adapter)
+    if graph.dry_run:
+        return None
     return _arm_result(arm, ft_dir, ev_dir, sel_dir)
 
 
@@ -353,12 +355,21 @@ def start_run(cfg: RunConfig, *, force: bool = False) -> tuple[Path, StageGraph,
     return run_dir, graph, prepare_inputs(cfg, graph)
 
 
-def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
-    """Run ``cfg``: one arm per selection method (``select.method``, then ``compare``) at
-    ``select.budget`` and ``select.seed``, every stage cached by content; write ``results.md``."""
-    started = time.perf_counter()
-    run_dir, graph, inputs = start_run(cfg, force=force)
-    arms = [
+def plan_run(cfg: RunConfig, arms: Sequence[Arm], *, force: bool = False) -> list[StageRecord]:
+    """Every stage ``cfg`` and ``arms`` would run, with its key and whether its output is cached;
+    nothing is built and Ray is not started (``goracs run --dry-run``)."""
+    cfg.model.check_paths()
+    graph = StageGraph(Path(cfg.run_dir).resolve(), force=force, dry_run=True)
+    inputs = prepare_inputs(cfg, graph)
+    for arm in arms:
+        run_arm(graph, cfg, inputs, arm)
+    return graph.records
+
+
+def run_arms_of(cfg: RunConfig) -> list[Arm]:
+    """The arms of a run: one per selection method (``select.method``, then ``compare``) at
+    ``select.budget`` and ``select.seed``."""
+    return [
         selection_arm(
             method,
             method,
@@ -372,7 +383,13 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
         )
         for method in cfg.methods
     ]
-    results = run_arms(graph, cfg, inputs, arms, progress=False)
+
+
+def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
+    """Run ``cfg`` (:func:`run_arms_of`), every stage cached by content; write ``results.md``."""
+    started = time.perf_counter()
+    run_dir, graph, inputs = start_run(cfg, force=force)
+    results = run_arms(graph, cfg, inputs, run_arms_of(cfg), progress=False)
     write_manifest(cfg, run_dir, graph.records, time.perf_counter() - started)
     results_md = write_results(
         run_dir,

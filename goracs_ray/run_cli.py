@@ -28,6 +28,11 @@ def register(subparsers: Any) -> None:
         help="override a config value, e.g. --set select.lam=0.5 (repeatable)",
     )
     run.add_argument("--force", action="store_true", help="re-run every stage, ignoring caches")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each stage with its key and cached / would run, then exit (no Ray, no work)",
+    )
     run.set_defaults(func=_run)
 
     show = subparsers.add_parser(
@@ -46,6 +51,13 @@ def _run(args: argparse.Namespace) -> int:
     from goracs_ray.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from goracs_ray.pipeline import plan_run, run_arms_of
+
+        for rec in plan_run(cfg, run_arms_of(cfg), force=args.force):
+            state = "cached" if rec.cached else "would run"
+            print(f"stage {rec.name:<28} {rec.key}  {state}")
+        return 0
     result = run_pipeline(cfg, force=args.force)
     for rec in result.stages:
         state = "cached" if rec.cached else f"{rec.seconds:7.1f} s"

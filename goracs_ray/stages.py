@@ -112,6 +112,8 @@ class StageGraph:
     """Re-run every stage, ignoring cached outputs."""
     records: list[StageRecord] = dataclasses.field(default_factory=list)
     """Every stage run so far, in order."""
+    dry_run: bool = False
+    """Only compute keys and whether each output is cached (``cached``); build nothing."""
 
     def run(
         self,
@@ -124,6 +126,14 @@ class StageGraph:
     ) -> StageRecord:
         """:func:`run_stage` of ``name`` into ``run_dir / name``; the record is kept."""
         key = stage_key(name, config, upstream)
+        if self.dry_run:
+            marker = self.run_dir / name / _MARKER
+            done = read_json(marker) if marker.is_file() else {}
+            cached = not self.force and done.get("key") == key
+            seconds = float(done.get("seconds", 0.0)) if cached else 0.0
+            record = StageRecord(name, key, str(self.run_dir / name), cached, seconds)
+            self.records.append(record)
+            return record
         record = run_stage(name, self.run_dir / name, key, build, force=self.force, atomic=atomic)
         self.records.append(record)
         return record

@@ -88,3 +88,27 @@ def test_library_modules_do_not_import_cli_modules():
             if bad:
                 offenders.append(f"{path.relative_to(package.parent)}:{node.lineno} {bad[0]}")
     assert not offenders, f"library modules import CLI modules: {offenders}"
+
+
+def test_unknown_methods_are_refused_at_load(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("select: {method: gorax}\n")
+    with pytest.raises(ValueError, match=r"unknown selection method\(s\) \['gorax'\]"):
+        load_config(path)
+    with pytest.raises(ValueError, match=r"\['kcentre'\]"):
+        load_config(None, ["compare=[random, kcentre]"])
+
+
+def test_dry_run_lists_every_stage_without_running_anything(tmp_path, capsys):
+    from goracs_ray.cli import main
+
+    run_dir = tmp_path / "run"
+    args = ["run", "--dry-run", "--set", f"run_dir={run_dir}", "--set", "compare=[random, kcenter]"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split()[1] for line in lines]
+    assert names[:3] == ["prepare", "model", "features"]
+    assert names[3:6] == ["select/goracs", "finetune/goracs", "evaluate/goracs"]
+    assert len(names) == 3 + 3 * 3
+    assert all(line.endswith("would run") for line in lines)
+    assert not run_dir.exists()  # nothing written, no Ray started

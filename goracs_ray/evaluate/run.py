@@ -26,7 +26,7 @@ from goracs_ray.evaluate.grounding import (
 from goracs_ray.evaluate.likelihood import candidate_scores
 from goracs_ray.evaluate.metrics import auc, log_loss, rank_of_target, ranking_metrics
 from goracs_ray.evaluate.model_eval import generate_titles, yes_probabilities
-from goracs_ray.io import write_json, write_parquet
+from goracs_ray.io import check_output, write_json, write_parquet
 from goracs_ray.models.config import AUTO, ModelConfig, as_model_config
 
 __all__ = ["evaluate"]
@@ -260,6 +260,8 @@ def evaluate(
 
     model_cfg = as_model_config(model)
     model_path = model_cfg.resolved_path
+    given = [p for p in (test_samples, items) if isinstance(p, (str, os.PathLike))]
+    check_output(out_dir, [*given, model_path, adapter_path], overwrite=True, flag="out_dir")
     on_gpu = model_cfg.wants_gpu(torch.cuda.is_available())
     device = ("cuda" if model_cfg.device == AUTO else model_cfg.device) if on_gpu else "cpu"
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ from goracs_ray.data.prompts import format_prompt
 from goracs_ray.data.schema import FEATURES_MANIFEST, Task
 from goracs_ray.features.compute import FeatureComputer, warmup_adapter
 from goracs_ray.features.config import FeaturesConfig
-from goracs_ray.io import read_json, write_json, write_parquet
+from goracs_ray.io import check_output, read_json, write_json, write_parquet
 from goracs_ray.models.config import ModelConfig
 
 __all__ = ["FeaturesResult", "compute_features"]
@@ -334,6 +334,8 @@ def compute_features(
     out_dir = Path(out_dir)
     model = ModelConfig() if model is None else as_model_config(model)
     model.check_paths()
+    samples_path = samples if isinstance(samples, (str, os.PathLike)) else None
+    check_output(out_dir, [samples_path, model.path, model.adapter_path], overwrite=True)
     pool, task = _prepare_out_dir(cfg, model, task, samples, out_dir, overwrite)
     n_shards = -(-pool.num_rows // cfg.rows_per_shard)
     todo = [s for s in range(n_shards) if not _shard_path(out_dir, s).is_file()]

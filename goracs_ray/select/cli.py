@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from goracs_ray.io import check_output
 from goracs_ray.select.config import SelectConfig, run_select
 from goracs_ray.select.inputs import load_feature_table, load_split_features
 from goracs_ray.select.output import checkpoint_dir_for, write_selection
@@ -94,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         time_limit=args.time_limit, seed=args.seed, distributed=args.distributed,
         workers=args.workers, shards=args.shards, compress_valid=args.compress_valid,
     )  # fmt: skip
-    inputs = {k: getattr(args, k) for k in ("features", "train", "valid", "grad_norms")}
+    inputs = {k: getattr(args, k) for k in ("features", "samples", "train", "valid", "grad_norms")}
+    check_output(args.out, inputs.values(), overwrite=args.overwrite)  # before reading inputs
     select_command(cfg, _load(args), args.out, overwrite=args.overwrite, inputs=inputs)
     return 0
 
@@ -116,8 +118,7 @@ def select_command(
         raise ValueError(
             f"unknown `--method` {cfg.method!r}; choose one of {', '.join(available_selectors())}"
         )
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"`{out}` already exists; pass --overwrite to replace it")
+    check_output(out, (inputs or {}).values(), overwrite=overwrite)
     t0 = time.perf_counter()
     ckpt = checkpoint_dir_for(out)
     selection = run_select(cfg, features, progress=sys.stderr.isatty(), checkpoint_dir=ckpt)

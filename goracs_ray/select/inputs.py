@@ -76,18 +76,42 @@ def _check_features_manifest(path: Path, files: list[Path]) -> None:
         )
 
 
+def _schema(file: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"`{file}` is not a readable Parquet file ({exc})") from None
+
+
 def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
     tables = []
     for file in _parquet_files(path):
-        schema = pq.read_schema(file)
+        schema = _schema(file)
         missing = [c for c in columns if c not in schema.names]
         if missing:
             raise ValueError(
                 f"`{file}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}; "
                 f"it has {', '.join(schema.names)}"
             )
-        tables.append(pq.read_table(file, columns=columns))
+        try:
+            tables.append(pq.read_table(file, columns=columns))
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"`{file}` is not a readable Parquet file ({exc})") from None
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A numeric .npy array, or one error naming the file (empty, truncated, pickled, text)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (EOFError, ValueError, OSError) as exc:
+        raise ValueError(
+            f"`{path}` is not a readable .npy array ({type(exc).__name__}: {exc}); write it with "
+            "numpy.save"
+        ) from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"`{path}` must hold a numeric array, got dtype {arr.dtype}")
+    return arr
 
 
 def _vectors(table: pa.Table, column: str, where: str) -> np.ndarray:
@@ -109,6 +133,8 @@ def _scalars(table: pa.Table, column: str, where: str, dtype: type) -> np.ndarra
     col = table.column(column)
     if col.null_count:
         raise ValueError(f"column `{column}` of `{where}` has {col.null_count} null value(s)")
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise TypeError(f"column `{column}` of `{where}` must be numeric, got {col.type}")
     return np.asarray(col.to_numpy(), dtype=dtype)
 
 
@@ -125,7 +151,7 @@ def _read_split(
             raise ValueError(f"`--label-column` needs Parquet input, but `{path}` is .npy")
         if not path.is_file():
             raise FileNotFoundError(f"`{path}` does not exist")
-        emb = np.load(path, allow_pickle=False)
+        emb = _load_npy(path)
         return {"ids": np.arange(len(emb)), "emb": emb, "grad": None, "label": None}
     columns = [id_column, embedding_column] + [c for c in (grad_column, label_column) if c]
     table = _read_parquet(path, columns)
@@ -170,7 +196,7 @@ def load_split_features(
         path = Path(grad_norms)
         if not path.is_file():
             raise FileNotFoundError(f"`{path}` (gradient norms) does not exist")
-        grads = np.load(path, allow_pickle=False)
+        grads = _load_npy(path)
     return FeatureTable(
         train_ids=tr["ids"],
         train_emb=tr["emb"],
@@ -198,11 +224,19 @@ def load_feature_table(
     ``label_column`` is read from the samples when the features lack it.
     """
     where = str(path)
-    names = set(pq.read_schema(_parquet_files(Path(path))[0]).names)
+    names = set(_schema(_parquet_files(Path(path))[0]).names)
     optional = [c for c in ("grad_proj", "loss") if c in names]
     from_features = label_column if label_column in names else None
     columns = ["sample_id", "split", "embedding", "grad_norm", *optional]
     table = _read_parquet(Path(path), columns + ([from_features] if from_features else []))
+    ids = table.column("sample_id")
+    bad = ids.null_count + (
+        pc.sum(pc.is_nan(ids)).as_py() or 0 if pa.types.is_floating(ids.type) else 0
+    )
+    if bad:
+        raise ValueError(
+            f"column `sample_id` of `{where}` has {bad} null/NaN id(s); give every sample an id"
+        )
     split = np.asarray(table.column("split").to_numpy(zero_copy_only=False))
     rows = {name: np.flatnonzero(split == name) for name in ("train", "valid")}
     for name, idx in rows.items():

@@ -104,6 +104,16 @@ class FeatureTable:
             )
         if self.train_ids.shape != (n,):
             raise ValueError(f"`train_ids` must have shape ({n},), got {self.train_ids.shape}")
+        ids, missing = self.train_ids, np.zeros(0, dtype=np.int64)
+        if ids.dtype.kind == "f":
+            missing = np.flatnonzero(np.isnan(ids))
+        elif ids.dtype.kind == "O":  # None, or NaN (the only value not equal to itself)
+            missing = np.flatnonzero([v is None or v != v for v in ids])
+        if len(missing):
+            raise ValueError(
+                f"`train_ids` has {len(missing)} null/NaN id(s) (e.g. at row {missing[0]}); "
+                "give every sample an id"
+            )
         uniq, counts = np.unique(self.train_ids, return_counts=True)
         if len(uniq) != n:
             dup = uniq[counts > 1][:3].tolist()

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from goracs_ray.configutil import to_dict
 from goracs_ray.data.schema import Task
-from goracs_ray.io import atomic_dir, write_json
+from goracs_ray.io import atomic_dir, check_output, write_json
 from goracs_ray.models.config import ModelConfig, as_model_config
 from goracs_ray.train.config import TrainConfig
 from goracs_ray.train.core import SAMPLE_COLUMNS
@@ -149,6 +149,8 @@ def finetune(
 
     task, model, out_dir = Task(task), as_model_config(model), Path(out_dir)
     model_path = model.resolved_path
+    paths = [s for s in (train_samples, valid_samples) if isinstance(s, (str, os.PathLike))]
+    check_output(out_dir, [*paths, model_path, model.adapter_path], overwrite=True, flag="out_dir")
     adapter_dir = out_dir / "adapter"
     if adapter_dir.exists() and not overwrite:
         raise FileExistsError(f"`{adapter_dir}` already exists; pass overwrite=True to replace it")

@@ -138,6 +138,16 @@ def test_rerun_is_a_no_op_and_new_lambda_reruns_only_selection_onwards(
     again = run_pipeline(load_config(run_dir / "config.yaml"))
     assert all(rec.cached for rec in again.stages), [r.name for r in again.stages if not r.cached]
 
+    from goracs_ray.pipeline import plan_run, run_arms_of
+
+    planned = load_config(toy_config_file, ["select.lam=0.2"])
+    plan = plan_run(planned, run_arms_of(planned))  # --dry-run: keys and cached/would run
+    assert sorted(r.name for r in plan if not r.cached) == [
+        "evaluate/goracs",
+        "finetune/goracs",
+        "select/goracs",
+    ]
     changed = run_pipeline(load_config(toy_config_file, ["select.lam=0.2"]))
+    assert {r.name: r.key for r in changed.stages} == {r.name: r.key for r in plan}
     rerun = sorted(rec.name for rec in changed.stages if not rec.cached)
     assert rerun == ["evaluate/goracs", "finetune/goracs", "select/goracs"]

@@ -57,9 +57,11 @@ def test_select_from_npy(tmp_path):
 
 def test_select_from_features_parquet_with_labels(tmp_path):
     rng = np.random.default_rng(1)
-    _write(tmp_path / "features.parquet", _features_table(rng))
+    (tmp_path / "features").mkdir()  # a features directory (the output goes outside it)
+    _write(tmp_path / "features" / "features.parquet", _features_table(rng))
     out = tmp_path / "out"
-    argv = ["select", "--features", str(tmp_path), "--label-column", "label", "--budget", "10",
+    argv = ["select", "--features", str(tmp_path / "features"), "--label-column", "label",
+            "--budget", "10",
             "--lam", "0.5", "--max-iters", "3", "--estimator", "faithful",
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0

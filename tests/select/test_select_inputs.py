@@ -70,3 +70,66 @@ def test_user_parquet_without_a_manifest_is_read_as_is(tmp_path):
     path = _features_dir(tmp_path / "f", manifest=False)
     (path / "_run.json").unlink()  # not a `goracs features` dir: the user's own Parquet
     assert load_feature_table(path).n_train == 24
+
+
+def _run_select(args):
+    from goracs_ray.cli import main
+
+    return main(["select", "--budget", "2", *map(str, args)])
+
+
+def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path, capsys):
+    """Each case exits 2 with one line naming the culprit, writes nothing at --out."""
+    rng = np.random.default_rng(0)
+    good = tmp_path / "emb.npy"
+    np.save(good, rng.normal(size=(6, 3)).astype(np.float32))
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.npy"
+    text.write_text("not an array")
+    features = _features_dir(tmp_path / "features")
+    nan_ids = tmp_path / "nan_ids.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": [1.0, float("nan"), 3.0, 4.0],
+                "split": ["train", "train", "train", "valid"],
+                "embedding": list(rng.normal(size=(4, 3)).astype(np.float32)),
+                "grad_norm": np.ones(4, dtype=np.float32),
+            }
+        ),
+        nan_ids,
+    )
+    str_grads = tmp_path / "str_grads.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": ["a", "b", "c", "d"],
+                "split": ["train", "train", "train", "valid"],
+                "embedding": list(rng.normal(size=(4, 3)).astype(np.float32)),
+                "grad_norm": ["1", "2", "3", "4"],
+            }
+        ),
+        str_grads,
+    )
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    out = tmp_path / "out"
+    cases = {
+        "empty.npy": ["--train", empty, "--valid", good, "--out", out],
+        "text.npy": ["--train", text, "--valid", good, "--out", out],
+        "nan_ids.parquet": ["--features", nan_ids, "--out", out],  # a NaN sample id
+        "grad_norm": ["--features", str_grads, "--out", out],
+        "corrupt.parquet": ["--features", corrupt, "--out", out],
+        "overlaps the input": ["--features", features, "--out", features, "--overwrite"],
+        "overlaps": ["--features", features, "--out", features / "coreset"],  # inside it
+    }
+    for culprit, args in cases.items():
+        capsys.readouterr()
+        assert _run_select(args) == 2, culprit
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert "Traceback" not in err[0]
+        assert culprit.split()[0] in err[0] or culprit in err[0], (culprit, err[0])
+        assert not out.exists()
+    assert sorted(p.name for p in features.iterdir())[-1] == "part-00002.parquet"  # untouched
