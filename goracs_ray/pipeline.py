@@ -44,7 +44,7 @@ import yaml
 from goracs_ray.config import RunConfig
 from goracs_ray.configutil import to_dict
 from goracs_ray.io import atomic_file, read_json, write_json
-from goracs_ray.models.config import ModelConfig
+from goracs_ray.models.config import ModelConfig, model_fingerprint
 from goracs_ray.results import ArmResult, headline_metric, results_table, write_results
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
@@ -154,8 +154,9 @@ class Inputs:
     """``cfg.model`` with ``path`` set (the built tiny model unless the user gave one)."""
     features_dir: Path
     """The features stage's Parquet shards."""
-    keys: dict[str, str]
-    """Stage keys of ``prepare``, ``model`` and ``features`` (upstream of every arm)."""
+    keys: dict[str, str | None]
+    """Stage keys of ``prepare``, ``model`` and ``features`` (upstream of every arm), and the
+    fingerprint of ``model.adapter_path`` (None without one)."""
     train_cfg: TrainConfig
     """``cfg.train`` with its Ray Train storage resolved under the run dir."""
 
@@ -200,20 +201,24 @@ def selection_arm(
 
 def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
     """Run the shared stages (prepare → model → features) of ``cfg`` in ``graph``."""
-    from goracs_ray.data.prepare import prepare
+    from goracs_ray.data.prepare import input_key, prepare
     from goracs_ray.features import compute_features
     from goracs_ray.models.tiny import build_model
 
     run_dir = graph.run_dir
     samples_dir = run_dir / "prepare" / "samples"
+    hashes = None if graph.dry_run else run_dir / ".fingerprints.json"  # file hashes, reused
 
     def prepare_samples(out: Path) -> None:
         prepare(cfg.data, out, force=True)
 
-    data = graph.run("prepare", cfg.data, [], prepare_samples)
+    # Keys hold contents, not paths: input files edited in place, or new weights at the same
+    # model path, give new keys (and a moved run dir keeps its cache).
+    data = graph.run("prepare", {"inputs": input_key(cfg.data)}, [], prepare_samples)
     if cfg.model.path is not None:
         model = cfg.model
-        model_key = stage_key("model", str(cfg.model.path))
+        weights = model_fingerprint(cfg.model.path, cache=hashes)
+        model_key = stage_key("model", {"weights": weights})
     else:
         model = dataclasses.replace(cfg.model, path=run_dir / "model")
 
@@ -229,17 +234,24 @@ def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
         )
 
     features_dir = run_dir / "features"
+    adapter = cfg.model.adapter_path
     features_key = {
         "features": cfg.features,
         "task": cfg.data.task,
-        "model": _model_settings(cfg.model, "lora", "adapter_path", "dtype"),
+        "model": _model_settings(cfg.model, "lora", "dtype"),
+        "adapter": adapter and model_fingerprint(adapter, cache=hashes),
     }
     features = graph.run("features", features_key, [data.key, model_key], featurise, atomic=False)
     # Checkpoints outside the stage's temporary dir, so a crashed driver resumes training.
     train_cfg = cfg.train
     if train_cfg.storage_path is None:
         train_cfg = dataclasses.replace(train_cfg, storage_path=str(run_dir / "ray_train"))
-    keys = {"prepare": data.key, "model": model_key, "features": features.key}
+    keys = {
+        "prepare": data.key,
+        "model": model_key,
+        "features": features.key,
+        "adapter": features_key["adapter"],
+    }
     return Inputs(samples_dir, model, features_dir, keys, train_cfg)
 
 
@@ -280,7 +292,8 @@ def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmR
     # The key leaves out where checkpoints are stored (a moved run dir stays cached).
     finetune_key = {
         "train": dataclasses.replace(train_cfg, storage_path=None),
-        "model": _model_settings(inputs.model, "lora", "adapter_path", "deepspeed"),
+        "model": _model_settings(inputs.model, "lora", "deepspeed"),
+        "adapter": inputs.keys["adapter"],
     }
     ft = graph.run(
         f"finetune/{arm.path}", finetune_key, [upstream, inputs.keys["model"]], fine_tune

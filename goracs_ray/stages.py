@@ -27,10 +27,26 @@ logger = logging.getLogger(__name__)
 _MARKER = "_stage.json"
 
 
+def code_version() -> str:
+    """The installed goracs_ray version: part of every stage key, so a new release recomputes."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("goracs_ray")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def stage_key(name: str, config: Any, upstream: Sequence[str] = ()) -> str:
-    """Deterministic 16-hex-digit key of a stage: hash of (name, config, upstream keys)."""
+    """Deterministic 16-hex-digit key of a stage: hash of (name, config, upstream keys, the
+    goracs_ray version)."""
     payload = json.dumps(
-        {"stage": name, "config": to_dict(config), "upstream": list(upstream)},
+        {
+            "stage": name,
+            "config": to_dict(config),
+            "upstream": list(upstream),
+            "code": code_version(),
+        },
         sort_keys=True,
         default=str,
     )

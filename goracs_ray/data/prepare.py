@@ -35,7 +35,7 @@ from goracs_ray.data.schema import ITEM_SCHEMA, SAMPLE_SCHEMA, Task
 from goracs_ray.data.sources import load_source, source_files
 from goracs_ray.io import atomic_dir, read_json, write_json, write_parquet
 
-__all__ = ["CARD_NAME", "FORMAT_VERSION", "content_hash", "prepare"]
+__all__ = ["CARD_NAME", "FORMAT_VERSION", "content_hash", "input_key", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ def content_hash(cfg: DataConfig, checksums: dict[str, str]) -> str:
         conf["source"].pop(key)
     payload = {"format": FORMAT_VERSION, "config": conf, "inputs": sorted(checksums.values())}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def input_key(cfg: DataConfig) -> str:
+    """Content hash of what ``prepare(cfg)`` reads: the config (minus file locations) and the
+    sha256 of every input file, so an input edited in place gives a new key. Fetches ml-100k
+    into its cache first if needed."""
+    return content_hash(cfg, {str(p): sha256_file(p) for p in source_files(cfg.source)})
 
 
 def prepare(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from pathlib import Path
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ModelConfig",
     "TinyModelConfig",
     "as_model_config",
+    "model_fingerprint",
 ]
 
 AUTO = "auto"
@@ -229,6 +231,40 @@ class ModelConfig:
     def features_zero_stage(self) -> int | None:
         """ZeRO stage of the features actors' DeepSpeed engine (None: plain torch)."""
         return self.deepspeed if isinstance(self.deepspeed, int) else None
+
+
+def model_fingerprint(path: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None):
+    """sha256 over the contents of a model or adapter dir (every file, by relative name).
+
+    New weights at the same path give a new fingerprint. ``cache`` (a JSON file) remembers each
+    file's hash by (path, size, mtime), so an unchanged multi-GB model is hashed once.
+    """
+    import hashlib
+    import json
+
+    root = Path(path).resolve()
+    known: dict[str, str] = {}
+    if cache is not None and Path(cache).is_file():
+        try:
+            known = json.loads(Path(cache).read_text())
+        except ValueError:
+            known = {}
+    digest, fresh = hashlib.sha256(), {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        tag = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        if tag not in known:
+            h = hashlib.sha256()
+            with open(file, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+            known[tag] = h.hexdigest()
+        fresh[tag] = known[tag]
+        digest.update(f"{file.relative_to(root)}:{known[tag]}\n".encode())
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        Path(cache).write_text(json.dumps(fresh))
+    return digest.hexdigest()
 
 
 def as_model_config(model: ModelConfig | str | Path) -> ModelConfig:
