@@ -18,6 +18,7 @@ writes that shard once. Output is therefore exactly-once by shard id whatever th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -251,7 +252,6 @@ def _resolve_model(
 
 def _run_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash):
     import ray
-    from tqdm.auto import tqdm
 
     from goracs_ray.raycluster import ensure_ray
 
@@ -259,7 +259,31 @@ def _run_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *
     gpus = cfg.actor_gpus
     if gpus is None:
         gpus = 1.0 if model.wants_gpu(ray.cluster_resources().get("GPU", 0) > 0) else 0.0
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    with _ray_data_bars_off():  # our own bar counts samples
+        return _drain_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows,
+                           progress=progress, crash=crash, gpus=gpus)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _ray_data_bars_off():
+    """Ray Data's own progress bars off for this block only (the user's setting is restored)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    shown = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = shown
+
+
+def _drain_pool(
+    cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash, gpus
+):
+    import ray
+    from tqdm.auto import tqdm
+
     ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         _FeatureActor,

@@ -112,8 +112,11 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
 def test_refuses_other_settings_in_same_dir(ray_local, tmp_path, samples_dir, tiny_model_dir):
     cfg = _cfg()
     cfg.splits, cfg.min_actors, cfg.max_actors, cfg.rows_per_shard = ("valid",), 1, 1, 60
+    context = ray_local.data.DataContext.get_current()
+    context.enable_progress_bars = True  # the user's own setting
     first = compute_features(cfg, samples_dir, tmp_path / "f", model=tiny_model_dir)
     assert first.n_shards == 1
+    assert context.enable_progress_bars is True  # left as the user set it
     again = compute_features(
         cfg, samples_dir, tmp_path / "f", model=tiny_model_dir
     )  # complete: nothing to do
