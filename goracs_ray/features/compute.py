@@ -29,7 +29,7 @@ from goracs_ray.features.embed import (
     pool_hidden,
     token_mask,
 )
-from goracs_ray.features.grads import per_sample_grads
+from goracs_ray.features.grads import CheckedGrads
 from goracs_ray.features.projection import GradProjector
 from goracs_ray.models.config import LoraSettings, ModelConfig
 from goracs_ray.models.lm import GradTarget, load_causal_lm, set_trainable, target_parameter_names
@@ -154,6 +154,7 @@ class FeatureComputer:
             lm = lm.to("cuda")  # Ray gave this actor a GPU (CUDA_VISIBLE_DEVICES)
         self.model = lm
         self.names = target_parameter_names(lm, cfg.grad_target)
+        self.grads = CheckedGrads(cfg.grad_method)  # the fused forward verified on batch 1
         self.grad_dim = sum(dict(lm.named_parameters())[n].numel() for n in self.names)
         if adapter_path is None and cfg.grad_target is GradTarget.ALL_LORA:
             logger.warning(
@@ -184,12 +185,11 @@ class FeatureComputer:
             pad_id=pad,
         )
         batch = {k: v.to(device) for k, v in batch.items()}
-        res = per_sample_grads(
+        res = self.grads(
             self.model,
             batch,
             self.names,
             task=self.task,
-            method=cfg.grad_method,
             token_ids=self.token_ids,
             with_hidden=self.encoder is None,
         )

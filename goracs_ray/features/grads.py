@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 
 import torch
 
@@ -46,7 +47,9 @@ from goracs_ray.models.losses import (
     ctr_targets,
 )
 
-__all__ = ["GradMethod", "PerSampleGrads", "per_sample_grads"]
+__all__ = ["CheckedGrads", "GradMethod", "PerSampleGrads", "per_sample_grads"]
+
+logger = logging.getLogger(__name__)
 
 
 class GradMethod(str, enum.Enum):
@@ -247,3 +250,66 @@ def per_sample_grads(
     seq_len = batch["input_ids"].shape[1]
     fast = method is GradMethod.HOOKS and supports_llama_forward(model, names, seq_len)
     return _grads_hooks(model, batch, names, task, token_ids, fast=fast, with_hidden=with_hidden)
+
+
+class CheckedGrads:
+    """:func:`per_sample_grads` whose fused LLaMA forward is trusted only once verified.
+
+    With ``method="hooks"`` on a model the fused forward supports, the first call computes the
+    batch both ways and compares the results with the stock HF path (``hooks_hf``): norms and
+    losses (and final hidden states, when asked for) within ``rtol``. On a mismatch, or an exception in the fused forward (then or on any
+    later batch), it logs one WARNING and uses the stock path from then on. Every other method
+    is passed through. One instance per model (each features actor holds one).
+    """
+
+    def __init__(self, method: GradMethod | str = GradMethod.HOOKS, *, rtol: float = 1e-4):
+        self.method = GradMethod(method)
+        self.rtol = rtol
+        self.fused: bool | None = None
+        """None until the first fused batch is checked; then whether the fused path is used."""
+
+    def __call__(self, model, batch, names, **kw) -> PerSampleGrads:
+        """Per-sample gradients of ``batch`` (arguments as :func:`per_sample_grads`)."""
+        seq_len = batch["input_ids"].shape[1]
+        if self.method is not GradMethod.HOOKS:
+            return per_sample_grads(model, batch, names, method=self.method, **kw)
+        if self.fused is False or not supports_llama_forward(model, names, seq_len):
+            return per_sample_grads(model, batch, names, method=GradMethod.HOOKS_HF, **kw)
+        if self.fused:
+            try:
+                return per_sample_grads(model, batch, names, method=GradMethod.HOOKS, **kw)
+            except Exception as exc:  # noqa: BLE001 - any failure: the stock path is exact
+                return self._fall_back(model, batch, names, f"it raised {exc!r}", **kw)
+        stock = per_sample_grads(model, batch, names, method=GradMethod.HOOKS_HF, **kw)
+        try:
+            fused = per_sample_grads(model, batch, names, method=GradMethod.HOOKS, **kw)
+        except Exception as exc:  # noqa: BLE001
+            return self._fall_back(model, batch, names, f"it raised {exc!r}", stock=stock, **kw)
+        worst = _relative_gap(fused, stock)
+        if not worst <= self.rtol:
+            reason = f"its norms/losses differ from the stock path by {worst:.2e} (> {self.rtol})"
+            return self._fall_back(model, batch, names, reason, stock=stock, **kw)
+        self.fused = True
+        return fused
+
+    def _fall_back(self, model, batch, names, reason: str, *, stock=None, **kw) -> PerSampleGrads:
+        logger.warning(
+            "fused LLaMA forward disabled for this run: %s; using the stock HF path (hooks_hf)",
+            reason,
+        )
+        self.fused = False
+        if stock is not None:
+            return stock
+        return per_sample_grads(model, batch, names, method=GradMethod.HOOKS_HF, **kw)
+
+
+def _relative_gap(a: PerSampleGrads, b: PerSampleGrads) -> float:
+    """Largest relative difference of the norms and losses of two results of one batch."""
+    gaps = []
+    for x, y in ((a.norms, b.norms), (a.losses, b.losses)):
+        x, y = x.float(), y.float()
+        gaps.append(float(((x - y).abs() / y.abs().clamp_min(1e-12)).max()))
+    if a.hidden is not None and b.hidden is not None:  # LLM embeddings come from these
+        scale = float(b.hidden.abs().max().clamp_min(1e-12))
+        gaps.append(float((a.hidden.float() - b.hidden.float()).abs().max()) / scale)
+    return max(gaps)

@@ -265,3 +265,39 @@ def test_llama_like_architectures(tiny_model_dir, tmp_path, model_type, override
     _only_trainable(model, names)
     batch = _check_shared_prefix_batch(model, tok, names)
     assert supports_llama_forward(model, names, batch["input_ids"].shape[1]) is fast
+
+
+@pytest.mark.parametrize("fault", ["wrong", "raises"])
+def test_a_broken_fused_forward_falls_back_to_the_stock_path(warm, monkeypatch, caplog, fault):
+    """A fused forward that returns wrong values, or raises, is caught on the first batch: the
+    stock HF path's norms come back, with one warning, and the fused path is not used again."""
+    import logging
+
+    from goracs_ray.features import grads
+
+    model, tok = warm
+    batch = _batch(tok, "seqrec")
+    names = target_parameter_names(model, "last_v_lora_b")
+    stock = per_sample_grads(model, batch, names, method="hooks_hf")
+    good = grads.CheckedGrads("hooks")
+    np.testing.assert_allclose(good(model, batch, names).norms, stock.norms, rtol=1e-4)
+    assert good.fused is True  # verified: the fused path serves the next batches
+
+    real = grads.llama_losses
+
+    def broken(*args, **kwargs):
+        if fault == "raises":
+            raise AttributeError("'LlamaAttention' object has no attribute 'renamed_in_v6'")
+        losses, hidden = real(*args, **kwargs)
+        return losses * 1.5, hidden  # wrong losses: wrong gradients
+
+    monkeypatch.setattr(grads, "llama_losses", broken)
+    checked = grads.CheckedGrads("hooks")
+    with caplog.at_level(logging.WARNING, logger="goracs_ray.features.grads"):
+        first = checked(model, batch, names)
+        second = checked(model, batch, names)
+    np.testing.assert_allclose(first.norms, stock.norms, rtol=1e-6)
+    np.testing.assert_allclose(second.norms, stock.norms, rtol=1e-6)
+    assert checked.fused is False
+    warnings = [r for r in caplog.records if "fused LLaMA forward disabled" in r.getMessage()]
+    assert len(warnings) == 1
