@@ -38,7 +38,10 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file `{p}` is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"config file `{p}` is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file `{p}` must contain a mapping at the top level")
     return data

@@ -190,6 +190,11 @@ def _ids(df: pd.DataFrame, column: str, path: Path, unit: str) -> pd.Series:
     return out
 
 
+_MAX_TIMESTAMP = 1e15
+"""Largest |timestamp| accepted: ~31 million years in seconds (or 31,000 in milliseconds), far
+inside int64, so a corrupt value is refused instead of wrapping around."""
+
+
 def _numbers(df: pd.DataFrame, column: str, path: Path, unit: str, what: str) -> np.ndarray:
     s = df[column]
     if pd.api.types.is_datetime64_any_dtype(s):
@@ -215,6 +220,14 @@ def normalize_events(df: pd.DataFrame, path: Path, cols: ColumnMap, *, unit: str
     _require(df, path, {"user": cols.user, "item": cols.item, "timestamp": cols.timestamp})
     _require(df, path, {"rating": cols.rating})
     ts = _numbers(df, cols.timestamp, path, unit, "timestamps (unix seconds)")
+    huge = np.abs(ts) >= _MAX_TIMESTAMP
+    if huge.any():  # would wrap around in int64
+        pos = int(np.flatnonzero(huge)[0])
+        raise ValueError(
+            f"`{path}` {_where(df, pos, unit)}: column `{cols.timestamp}` value "
+            f"{df[cols.timestamp].iloc[pos]!r} is not a plausible unix time ({int(huge.sum())} "
+            f"such rows; |t| must be < {_MAX_TIMESTAMP:.0e}); fix or drop those rows"
+        )
     rating = (
         _numbers(df, cols.rating, path, unit, "ratings")
         if cols.rating is not None

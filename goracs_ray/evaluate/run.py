@@ -36,10 +36,15 @@ logger = logging.getLogger(__name__)
 
 def _table(data: Any, name: str, columns: tuple[str, ...]) -> pa.Table:
     """Parquet path, pyarrow Table, pandas DataFrame or Ray Dataset → pyarrow Table."""
+    where = f"`{name}`"
     if isinstance(data, (str, os.PathLike)):
         if not Path(data).exists():
             raise FileNotFoundError(f"`{name}` Parquet `{data}` does not exist")
-        table = pq.read_table(data)
+        where = f"`{name}` `{data}`"
+        try:
+            table = pq.read_table(data)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{where} is not a readable Parquet file ({exc})") from None
     elif isinstance(data, pa.Table):
         table = data
     elif hasattr(data, "to_pandas"):
@@ -48,7 +53,7 @@ def _table(data: Any, name: str, columns: tuple[str, ...]) -> pa.Table:
         raise TypeError(f"`{name}` must be a Parquet path, pyarrow Table or DataFrame/Dataset")
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(f"`{name}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}")
+        raise ValueError(f"{where} lacks column(s) {', '.join(f'`{c}`' for c in missing)}")
     return table
 
 
@@ -240,8 +245,14 @@ def evaluate(
         ``grounded_ndcg@K``/``grounded_hr@K``/``grounded_mean_rank``; for CTR
         ``auc``/``log_loss``/``accuracy``.
     """
+    import torch
+
     from goracs_ray.models.lm import load_causal_lm
 
+    model_cfg = as_model_config(model)  # the model and the output first: cheap, and before work
+    model_path = model_cfg.resolved_path
+    given = [p for p in (test_samples, items) if isinstance(p, (str, os.PathLike))]
+    check_output(out_dir, [*given, model_path, adapter_path], overwrite=True, flag="out_dir")
     base = ("sample_id", "instruction", "input", "output")
     samples = _table(test_samples, "test_samples", base)
     if task is None:
@@ -256,12 +267,6 @@ def evaluate(
         samples = samples.slice(0, cfg.max_samples)
     if samples.num_rows == 0:
         raise ValueError("`test_samples` is empty")
-    import torch
-
-    model_cfg = as_model_config(model)
-    model_path = model_cfg.resolved_path
-    given = [p for p in (test_samples, items) if isinstance(p, (str, os.PathLike))]
-    check_output(out_dir, [*given, model_path, adapter_path], overwrite=True, flag="out_dir")
     on_gpu = model_cfg.wants_gpu(torch.cuda.is_available())
     device = ("cuda" if model_cfg.device == AUTO else model_cfg.device) if on_gpu else "cpu"
     t0 = time.perf_counter()

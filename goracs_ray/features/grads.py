@@ -257,9 +257,10 @@ class CheckedGrads:
 
     With ``method="hooks"`` on a model the fused forward supports, the first call computes the
     batch both ways and compares the results with the stock HF path (``hooks_hf``): norms and
-    losses (and final hidden states, when asked for) within ``rtol``. On a mismatch, or an exception in the fused forward (then or on any
-    later batch), it logs one WARNING and uses the stock path from then on. Every other method
-    is passed through. One instance per model (each features actor holds one).
+    losses (and final hidden states, when asked for) within ``rtol``. On a mismatch, or an
+    exception in the fused forward (then or on any later batch), it logs one WARNING and uses the
+    stock path from then on. Every other method is passed through. One instance per model (each
+    features actor holds one).
     """
 
     def __init__(self, method: GradMethod | str = GradMethod.HOOKS, *, rtol: float = 1e-4):

@@ -177,3 +177,10 @@ def test_gzip_is_read_for_csv(tmp_path, toy_source):
     assert (prepare(cfg, tmp_path / "ok", progress=False) / "train.parquet").is_file()
     gz.write_bytes(gz.read_bytes()[:-30])
     _fails(tmp_path, src, ValueError, r"events\.csv\.gz` is unreadable or truncated")
+
+
+def test_huge_timestamp_is_refused_not_wrapped(tmp_path, toy_source):
+    src = toy_source("recbole")
+    inter = tmp_path / "src-recbole" / "toy.inter"
+    _lines(inter, lambda ls: ls.__setitem__(4, ls[4].rsplit("\t", 1)[0] + "\t1e30"))
+    _fails(tmp_path, src, ValueError, r"toy\.inter` line \d+: column `timestamp.*1e30.*plausible")
