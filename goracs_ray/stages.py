@@ -93,7 +93,16 @@ def run_stage(
         logger.info("stage %s: up to date (key %s), skipped", name, key)
         seconds = float(done.get("seconds", 0.0))
         return StageRecord(name, key, str(out_dir), cached=True, seconds=seconds)
-    logger.info("stage %s: running (key %s)", name, key)
+    if marker.is_file() and not force:  # made by other settings, inputs or goracs_ray version
+        logger.info(
+            "stage %s: its output was built from other settings, inputs or goracs_ray version "
+            "(key %s); rebuilding it (key %s)",
+            name,
+            read_json(marker).get("key"),
+            key,
+        )
+    else:
+        logger.info("stage %s: running (key %s)", name, key)
     start = time.perf_counter()
     if atomic:
         with atomic_dir(out_dir, overwrite=True) as part:
