@@ -131,6 +131,11 @@ class DataConfig:
     """Valid block before the test block: a count (int) or a fraction in (0, 1)."""
     test_size: int | float = 0.1
     """Most recent samples by target timestamp: a count (int) or a fraction in (0, 1)."""
+    split: str = "temporal"
+    """``temporal`` (the reference): the most recent ``test_size`` samples → test, the
+    ``valid_size`` before them → valid. ``final_block``: the most recent ``valid_size +
+    test_size`` samples split at random (seeded) into valid and test, so that valid is drawn
+    like test (on a small user slice the reference split gives them different users)."""
     rating_threshold: float = 3.0
     """CTR: rating > threshold is a like ("Yes"); also splits the history."""
     num_negatives: int = 99
@@ -159,6 +164,8 @@ class DataConfig:
                 )
             if isinstance(value, int) and value < 0:
                 raise ValueError(f"`{name}` must be ≥ 0, got {value}")
+        if self.split not in ("temporal", "final_block"):
+            raise ValueError(f"`split` must be 'temporal' or 'final_block', got {self.split!r}")
         if self.num_negatives < 0:
             raise ValueError(f"`num_negatives` must be ≥ 0, got {self.num_negatives}")
         for name in ("max_users", "max_samples"):

@@ -119,7 +119,11 @@ def prepare(
                 "`min_history` or use more data"
             )
         samples = assign_splits(
-            cap_samples(samples, cfg.max_samples, seed=cfg.seed), cfg.valid_size, cfg.test_size
+            cap_samples(samples, cfg.max_samples, seed=cfg.seed),
+            cfg.valid_size,
+            cfg.test_size,
+            mode=cfg.split,
+            seed=cfg.seed,
         )
         bar.update()
         catalog = np.sort(events["item"].unique()).astype(object)

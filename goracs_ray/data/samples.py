@@ -207,13 +207,33 @@ def split_sizes(n: int, valid_size: int | float, test_size: int | float) -> tupl
 
 
 def assign_splits(
-    samples: pd.DataFrame, valid_size: int | float, test_size: int | float
+    samples: pd.DataFrame,
+    valid_size: int | float,
+    test_size: int | float,
+    *,
+    mode: str = "temporal",
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Global temporal split: sort by (target timestamp, sample_id); most recent → test, the block
-    before → valid, the rest → train. Returns ``samples`` in that order with a ``split`` column."""
+    """Global temporal split: sort by (target timestamp, sample_id); the rest → train, then the
+    most recent ``valid_size + test_size`` samples are held out.
+
+    ``mode="temporal"`` (the reference): the most recent block → test, the block before → valid.
+    ``mode="final_block"``: the held-out block is split at random (seeded) into valid and test,
+    so both are drawn from the same period and users (train still precedes both). Use it when
+    the held-out period is short or holds few users, e.g. on a small user slice, where the
+    reference split gives valid and test samples from different users.
+
+    Returns ``samples`` in time order with a ``split`` column.
+    """
     ordered = samples.sort_values(["timestamp", "sample_id"], kind="stable")
     n_train, n_valid, n_test = split_sizes(len(ordered), valid_size, test_size)
     split = np.repeat(np.array(SPLITS, dtype=object), [n_train, n_valid, n_test])
+    if mode == "final_block":
+        held = split[n_train:]
+        np.random.default_rng(seed).shuffle(held)
+        split[n_train:] = held
+    elif mode != "temporal":
+        raise ValueError(f"`split` must be 'temporal' or 'final_block', got {mode!r}")
     return ordered.assign(split=split).reset_index(drop=True)
 
 

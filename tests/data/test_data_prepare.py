@@ -109,6 +109,31 @@ def test_no_leakage_and_split_counts(tmp_path, toy_source):
     assert ids.is_unique
 
 
+def test_final_block_split_draws_valid_like_test(tmp_path, toy_source):
+    """`split: final_block`: train precedes both held-out sets, which share one period."""
+    kw = {"valid_size": 8, "test_size": 8}
+    out = prepare(_cfg(toy_source("recbole"), **kw), tmp_path / "t", progress=False)
+    ref = {s: _read(out, s).to_pandas() for s in ("train", "valid", "test")}
+    out = prepare(_cfg(toy_source("recbole"), split="final_block", **kw), tmp_path / "f",
+                  progress=False)  # fmt: skip
+    got = {s: _read(out, s).to_pandas() for s in ("train", "valid", "test")}
+    assert {s: len(t) for s, t in got.items()} == {s: len(t) for s, t in ref.items()}
+    assert sorted(got["train"].sample_id) == sorted(ref["train"].sample_id)
+    held = sorted(pd.concat([got["valid"], got["test"]]).sample_id)
+    assert held == sorted(pd.concat([ref["valid"], ref["test"]]).sample_id)
+    assert (
+        min(got["valid"].timestamp.min(), got["test"].timestamp.min())
+        >= got["train"].timestamp.max()
+    )
+    # interleaved in time, unlike the reference split where all of test follows all of valid
+    assert got["valid"].timestamp.max() > got["test"].timestamp.min()
+    again = prepare(_cfg(toy_source("recbole"), split="final_block", **kw), tmp_path / "g",
+                    progress=False)  # fmt: skip
+    assert sorted(_read(again, "valid").to_pandas().sample_id) == sorted(got["valid"].sample_id)
+    with pytest.raises(ValueError, match="split"):
+        _cfg(toy_source("recbole"), split="random")
+
+
 def test_negatives_outside_whole_history_and_seeded(tmp_path, toy_source, toy):
     src = toy_source("recbole")
     a = prepare(_cfg(src), tmp_path / "a", progress=False)
