@@ -12,10 +12,11 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 venv: $(VENV)/.installed
 
+# Every extra (deepspeed, plots, sentence) as well as dev: the test suite uses them all.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $@
 
 test: venv

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -35,17 +36,36 @@ _COMMANDS: dict[str, str] = {
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, EOFError)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The `goracs` parser: with ``command``, only the module defining it is imported."""
+def version() -> str:
+    """The installed distribution's version (``0+unknown`` when run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("goracs_ray")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_parser(
+    command: str | None = None, *, subcommands: bool = True
+) -> argparse.ArgumentParser:
+    """The `goracs` parser: with ``command``, only the module defining it is imported.
+
+    ``subcommands=False`` registers none (``goracs --version`` imports no stage module).
+    """
     parser = argparse.ArgumentParser(
         prog="goracs",
         description="GORACS coreset selection for LLM recommenders, on Ray.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    modules = (
-        [_COMMANDS[command]] if command in _COMMANDS else list(dict.fromkeys(_COMMANDS.values()))
+    parser.add_argument(
+        "--version", action="version", version=f"goracs_ray {version()}", help="print the version"
     )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if not subcommands:
+        modules = []
+    elif command in _COMMANDS:
+        modules = [_COMMANDS[command]]
+    else:
+        modules = list(dict.fromkeys(_COMMANDS.values()))
     for module in modules:
         importlib.import_module(module).register(subparsers)
     return parser
@@ -55,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 bad input, 1 failure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    bare_version = command is None and "--version" in argv
+    args = build_parser(command, subcommands=not bare_version).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
