@@ -409,6 +409,7 @@ def results_markdown(
     notes: Sequence[str] = (),
     root: Path | None = None,
     sections: Sequence[str] = (),
+    plots: bool = True,
 ) -> str:
     """``results.md``: the headroom section, one table per budget (key metrics with 95 % CIs,
     best mean in bold, full data as reference), the paired comparison against random on
@@ -427,7 +428,8 @@ def results_markdown(
         lines += [*comparison, ""]
     if sections:
         lines += [*sections, ""]
-    lines += ["![metric vs budget](metric_vs_budget.png)", "", "![time](time.png)", ""]
+    if plots:
+        lines += ["![metric vs budget](metric_vs_budget.png)", "", "![time](time.png)", ""]
     return "\n".join(lines)
 
 
@@ -520,6 +522,16 @@ def _relative(table: pa.Table, root: Path) -> pa.Table:
     return table.set_column(i, "predictions", pa.array(paths, pa.string()))
 
 
+def _can_plot() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed; warns once per report if not."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    logger.warning("matplotlib is not installed: no plots (pip install 'goracs_ray[plots]')")
+    return False
+
+
 def _poo_plot(traces: Mapping[str, Sequence[float]], out_dir: Path) -> bool:
     """``poo.png``: POO after greedy and after each accepted exchange, per arm with a trace."""
     traced = {name: list(t) for name, t in traces.items() if len(t)}
@@ -566,9 +578,11 @@ def write_results(
     stored = _relative(table, out_dir)
     write_parquet(out_dir / "results.parquet", stored)
     cis = method_intervals(stored, metric, root=out_dir)
-    _plot(stored.to_pandas(), metric, out_dir, cis)
+    plots = _can_plot()
+    if plots:
+        _plot(stored.to_pandas(), metric, out_dir, cis)
     extra = list(sections)
-    if _poo_plot(poo_traces or {}, out_dir):
+    if plots and _poo_plot(poo_traces or {}, out_dir):
         extra += ["![POO descent](poo.png)", ""]
     text = results_markdown(
         stored,
@@ -577,6 +591,7 @@ def write_results(
         notes=notes,
         root=out_dir,
         sections=extra,
+        plots=plots,
     )
     with atomic_file(out_dir / "results.md") as part:
         part.write_text(text)

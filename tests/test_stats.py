@@ -183,3 +183,22 @@ def test_run_report_shows_the_headline_ci_and_a_paired_line_per_method(tmp_path)
     assert "| old | 16 | -0.0377 | – | – × 1 | n/a (no per-sample predictions) |" in text
     assert (tmp_path / "poo.png").stat().st_size > 0
     assert (tmp_path / "metric_vs_budget.png").stat().st_size > 0
+
+
+def test_reports_without_matplotlib_skip_the_plots(tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    from goracs_ray.results import ArmResult, results_table, write_results
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name)
+    )
+    arms = [ArmResult(m, 16, 0, {"ndcg@10": v}, {}) for m, v in (("goracs", 0.2), ("random", 0.1))]
+    with caplog.at_level(logging.WARNING):
+        text = write_results(tmp_path, results_table(arms), metric="ndcg@10").read_text()
+    assert "goracs_ray[plots]" in caplog.text
+    assert "png" not in text
+    assert not list(tmp_path.glob("*.png"))
+    assert (tmp_path / "results.parquet").is_file()

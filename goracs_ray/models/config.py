@@ -220,9 +220,32 @@ class ModelConfig:
         return False
 
     def deepspeed_setting(self, on_gpu: bool) -> int | Path | None:
-        """Fine-tuning's DeepSpeed choice: a ZeRO stage, a user JSON path, or None (plain DDP)."""
+        """Fine-tuning's DeepSpeed choice: a ZeRO stage, a user JSON path, or None (plain DDP).
+
+        ``auto`` on a GPU without DeepSpeed installed is plain DDP (with a warning).
+
+        Raises
+        ------
+        ValueError
+            A stage or JSON config is asked for but DeepSpeed is not installed.
+        """
+        import importlib.util
+        import logging
+
+        installed = importlib.util.find_spec("deepspeed") is not None
         if self.deepspeed == AUTO:
+            if on_gpu and not installed:
+                logging.getLogger(__name__).warning(
+                    "DeepSpeed is not installed: fine-tuning with plain DDP "
+                    "(pip install 'goracs_ray[deepspeed]' for ZeRO-2 on GPUs)"
+                )
+                return None
             return 2 if on_gpu else None
+        if self.deepspeed is not None and not installed:
+            raise ValueError(
+                f"`model.deepspeed: {self.deepspeed}` needs DeepSpeed, which is not installed: "
+                "pip install 'goracs_ray[deepspeed]', or set `model.deepspeed: null`"
+            )
         if isinstance(self.deepspeed, str):
             return Path(self.deepspeed)
         return self.deepspeed

@@ -77,3 +77,18 @@ def test_user_deepspeed_json_is_a_path(tmp_path):
     model = ModelConfig(deepspeed=str(ds))
     assert model.deepspeed_setting(True) == Path(ds)
     assert model.features_zero_stage is None
+
+
+def test_without_deepspeed_installed_auto_is_ddp_and_a_stage_is_refused(monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name)
+    )
+    with caplog.at_level(logging.WARNING):
+        assert ModelConfig().deepspeed_setting(on_gpu=True) is None
+    assert "goracs_ray[deepspeed]" in caplog.text
+    with pytest.raises(ValueError, match=r"goracs_ray\[deepspeed\]"):
+        ModelConfig(deepspeed=2).deepspeed_setting(on_gpu=False)
