@@ -66,6 +66,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--shards", type=int, help="cost row shards (distributed; default --workers)")
     p.add_argument("--compress-valid", type=int, help="compress V to this many points (distr.)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (randomised methods)")
+    p.add_argument(
+        "--device", default=d.device,
+        help="GORACS cost rows and screening: cpu (default), cuda, cuda:N or auto",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_run)
@@ -92,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         method=args.method, budget=args.budget, lam=args.lam, estimator=args.estimator,
         max_iters=args.max_iters, cut_num=args.cut_num, trim_inactive=args.trim_inactive,
         use_labels=True if args.label_column else None, batch_size=args.batch_size,
-        time_limit=args.time_limit, seed=args.seed, distributed=args.distributed,
+        time_limit=args.time_limit, seed=args.seed, device=args.device,
+        distributed=args.distributed,
         workers=args.workers, shards=args.shards, compress_valid=args.compress_valid,
     )  # fmt: skip
     inputs = {k: getattr(args, k) for k in ("features", "samples", "train", "valid", "grad_norms")}

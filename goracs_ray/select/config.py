@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from goracs_ray.select.kernels import check_device
 from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.refine import Estimator
 from goracs_ray.select.registry import run_selector
@@ -43,6 +44,9 @@ class SelectConfig:
     """Stop refinement after this many seconds (None = no limit)."""
     seed: int = 0
     """Seed for randomised methods (GORACS itself is deterministic)."""
+    device: str = "cpu"
+    """GORACS cost rows and candidate screening: ``cpu`` (numpy), ``cuda``/``cuda:N`` (torch;
+    rows within 1e-6, same coreset) or ``auto`` (CUDA when torch sees a GPU, else cpu)."""
     distributed: bool = False
     """Run GORACS on Ray: row-sharded cost, parallel OT evaluators (same coreset as serial)."""
     workers: int = 2
@@ -65,6 +69,11 @@ class SelectConfig:
         self.estimator = self.itra.estimator  # checks every ITRA option once
         if self.compress_valid is not None and not self.distributed:
             raise ValueError("`compress_valid` needs `distributed: true`")
+        if check_device(self.device) not in ("cpu", "auto") and self.distributed:
+            raise ValueError(
+                f"`select.device: {self.device}` needs `distributed: false` (the Ray shard "
+                "actors compute cost rows on CPU); or set `select.device: cpu` or `auto`"
+            )
         for name in ("workers", "shards", "compress_valid"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -92,6 +101,7 @@ class SelectConfig:
             "use_labels": self.use_labels,
             "batch_size": self.batch_size,
             "time_limit": self.time_limit,
+            "device": self.device,
             **self.options,
         }
 

@@ -8,12 +8,14 @@ The cost follows the reference code's normalisations (METHOD.md §2)::
 It is built in float32 row blocks: distances are accumulated in float64 per block (so a row's
 values do not depend on how rows are grouped into blocks or shards) and stored as float32. The
 pieces (:func:`distance_block`, :func:`cost_scales`, :func:`normalize_block`) are pure functions so
-that row shards held by different workers produce bit-identical rows.
+that row shards held by different workers produce bit-identical rows. ``device="cuda"`` runs the
+same blocks in torch (:mod:`goracs_ray.select.kernels`; rows within 1e-6 of these).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -24,6 +26,7 @@ __all__ = [
     "cost_scales",
     "distance_block",
     "normalize_block",
+    "normalize_terms",
 ]
 
 DEFAULT_BLOCK_ROWS = 1024
@@ -128,6 +131,32 @@ def cost_scales(
     return CostScales(dist_max=dist_max, grad_max=grad_max, lam=float(lam), low=low, high=high)
 
 
+def normalize_terms(
+    grad_block: np.ndarray | None, scales: CostScales, n_rows: int
+) -> tuple[np.ndarray, float]:
+    """Per-row shift and the span of :func:`normalize_block`: ``c = (d / dist_max - shift) / span``.
+
+    Parameters
+    ----------
+    grad_block : (b,) float32 or None
+        Gradient norms of the block's rows (None = zeros).
+    scales : CostScales
+    n_rows : int
+        b.
+
+    Returns
+    -------
+    shift : (b,) float64
+        ``lam * ĝ_i + low``.
+    span : float
+        ``high - low`` (1.0 when not positive).
+    """
+    span = scales.high - scales.low
+    span = span if span > 0 else 1.0
+    g = 0.0 if grad_block is None else np.asarray(grad_block, dtype=np.float64) / scales.grad_max
+    return (scales.lam * g + scales.low) * np.ones(n_rows), span
+
+
 def normalize_block(
     dist_block: np.ndarray, grad_block: np.ndarray | None, scales: CostScales
 ) -> np.ndarray:
@@ -146,10 +175,7 @@ def normalize_block(
     (b, M) float32
         ``dist_block`` itself.
     """
-    span = scales.high - scales.low
-    span = span if span > 0 else 1.0
-    g = 0.0 if grad_block is None else np.asarray(grad_block, dtype=np.float64) / scales.grad_max
-    shift = (scales.lam * g + scales.low) * np.ones(dist_block.shape[0])
+    shift, span = normalize_terms(grad_block, scales, dist_block.shape[0])
     # c = (d / dist_max - lam ĝ - low) / span, evaluated elementwise in float64 then stored
     dist_block[...] = (
         (dist_block.astype(np.float64) / scales.dist_max - shift[:, None]) / span
@@ -166,6 +192,7 @@ def cost_matrix(
     divide_distance: bool = True,
     grad_max: float | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    device: str = "cpu",
 ) -> CostMatrix:
     """Build the full POO cost matrix in float32 row blocks (two passes over one array).
 
@@ -180,19 +207,28 @@ def cost_matrix(
         See :func:`cost_scales`.
     block_rows : int
         Rows per block; the result does not depend on it.
+    device : str
+        ``cpu`` (numpy, here), or a torch device of :mod:`goracs_ray.select.kernels` (``cuda``,
+        ``cuda:N``, ``torch-cpu``): the same blocks on that device, rows within 1e-6.
 
     Returns
     -------
     CostMatrix
         Memory: N·M·4 bytes for the result plus about block_rows·M·16 bytes of temporaries.
     """
+    dist_fn, norm_fn = distance_block, normalize_block
+    if device != "cpu":
+        from goracs_ray.select import kernels
+
+        dist_fn = functools.partial(kernels.distance_block, device=device)
+        norm_fn = functools.partial(kernels.normalize_block, device=device)
     n_rows, m_cols = train_emb.shape[0], valid_emb.shape[0]
     values = np.empty((n_rows, m_cols), dtype=np.float32)
     row_min = np.empty(n_rows, dtype=np.float32)
     row_max = np.empty(n_rows, dtype=np.float32)
     for start in range(0, n_rows, block_rows):
         stop = min(start + block_rows, n_rows)
-        block = distance_block(train_emb[start:stop], valid_emb)
+        block = dist_fn(train_emb[start:stop], valid_emb)
         values[start:stop] = block
         row_min[start:stop] = block.min(axis=1)
         row_max[start:stop] = block.max(axis=1)
@@ -202,5 +238,5 @@ def cost_matrix(
     for start in range(0, n_rows, block_rows):
         stop = min(start + block_rows, n_rows)
         grads = None if grad_norms is None else grad_norms[start:stop]
-        normalize_block(values[start:stop], grads, scales)
+        norm_fn(values[start:stop], grads, scales)
     return CostMatrix(values=values, scales=scales)

@@ -375,7 +375,8 @@ def select_distributed(
     **options
         As :func:`select_features` (``lam``, ``estimator``, ``max_iters``, ``cut_num``,
         ``batch_size``, ...). Use ``batch_size`` ≥ evaluators, else a wave has one pair per
-        evaluator and the extra pairs are speculative.
+        evaluator and the extra pairs are speculative. ``device`` must be ``cpu``: the shard
+        actors compute their cost rows with numpy.
 
     Returns
     -------
@@ -385,6 +386,11 @@ def select_distributed(
     """
     from goracs_ray.raycluster import ensure_ray
 
+    if options.get("device", "cpu") != "cpu":
+        raise ValueError(
+            f"`select.device` {options['device']!r} needs the serial path: the Ray shard actors "
+            "compute cost rows on CPU; set `distributed: false` or `device: cpu`"
+        )
     ensure_ray()
     workers = workers or WorkerSettings()
     result = select_features(
@@ -413,6 +419,9 @@ def run_distributed_selector(cfg: Any, features: FeatureTable, options: dict[str
 
     if cfg.method == "goracs_greedy":
         options = {**options, "refine_stage": False}
+    if options.get("device") == "auto":
+        logger.info("select.device auto: distributed shards compute cost rows on CPU")
+        options = {**options, "device": "cpu"}
     workers = WorkerSettings(evaluators=cfg.workers, shards=cfg.shards or cfg.workers)
     result = select_distributed(
         features, cfg.budget, workers=workers, compress_valid=cfg.compress_valid, **options

@@ -19,6 +19,7 @@ import numpy as np
 from goracs_ray.select.checkpoint import Checkpoint, input_digest
 from goracs_ray.select.cost import DEFAULT_BLOCK_ROWS, cost_matrix
 from goracs_ray.select.greedy import GreedyResult, greedy_init
+from goracs_ray.select.kernels import resolve_device
 from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.ot import solve_ot
 from goracs_ray.select.refine import Estimator, RefineResult, refine
@@ -281,7 +282,7 @@ class ItraPart:
         Coreset size n_k of this part.
     cost_options : dict
         :func:`cost_matrix`'s keywords (``lam``, ``divide_distance``, ``grad_max``,
-        ``block_rows``).
+        ``block_rows``, ``device``).
     options : ItraOptions
     checkpoint : Checkpoint or None
         Where ITRA saves and resumes this part.
@@ -304,14 +305,18 @@ runs :func:`itra` on it; ``seconds["cost"]`` reports the cost time."""
 def run_part_local(part: ItraPart, *, progress: bool = False) -> ItraResult:
     """The in-process :data:`PartRunner`: the full cost matrix, then :func:`itra`.
 
+    The cost rows and the screening run on ``part.cost_options["device"]`` (default cpu).
     Memory: N_k·M_k·4 bytes for the cost plus ITRA's working set.
     """
+    from goracs_ray.select.rowstore import memory_store
+
     t0 = time.perf_counter()
     cost = cost_matrix(part.train_emb, part.valid_emb, part.grad_norms, **part.cost_options).values
     t1 = time.perf_counter()
     logger.info("ITRA on %d x %d, budget %d", *cost.shape, part.budget)
+    store = memory_store(cost, device=part.cost_options.get("device", "cpu"))
     result = itra(
-        cost, part.budget, options=part.options, checkpoint=part.checkpoint, progress=progress
+        store, part.budget, options=part.options, checkpoint=part.checkpoint, progress=progress
     )
     return dataclasses.replace(result, seconds={"cost": t1 - t0, **result.seconds})
 
@@ -344,6 +349,7 @@ def select_features(
     batch_size: int = 1,
     time_limit: float | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    device: str = "cpu",
     progress: bool = False,
     part_runner: PartRunner = run_part_local,
     checkpoint_dir: str | Path | None = None,
@@ -357,6 +363,8 @@ def select_features(
     ``checkpoint_dir``: write a :class:`Checkpoint` per class there (after the greedy stage
     and every accepted swap) and resume from any whose settings and inputs match (serial and
     distributed runs share the driver, so either may resume the other's checkpoint).
+    ``device``: where the cost rows and the screening bounds are computed (``cpu``, ``cuda``,
+    ``cuda:N``, ``auto``; :mod:`goracs_ray.select.kernels`), resolved and checked first.
     Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set.
     """
     opts = ItraOptions(
@@ -364,6 +372,7 @@ def select_features(
         refine_stage=refine_stage, batch_size=batch_size, time_limit=time_limit,
     )  # fmt: skip
     _check_options(budget, lam)
+    device = resolve_device(device)
     if not 0 < budget <= features.n_train:
         raise ValueError(f"`budget` must be in [1, N={features.n_train}], got {budget}")
     if lam > 0:
@@ -375,7 +384,7 @@ def select_features(
         "budget": int(budget), "lam": float(lam), "estimator": opts.estimator.value,
         "max_iters": int(max_iters), "cut_num": int(cut_num), "trim_inactive": trim_inactive,
         "use_labels": bool(labels), "refine_stage": refine_stage, "batch_size": batch_size,
-        "time_limit": time_limit,
+        "time_limit": time_limit, "device": device,
     }  # fmt: skip
     groups = _class_groups(features, budget, labels)
     grads = features.grad_norms
@@ -385,7 +394,7 @@ def select_features(
     t_start = time.perf_counter()
     cost_options = {
         "lam": lam, "divide_distance": not (opts.faithful and labels), "grad_max": grad_max,
-        "block_rows": block_rows,
+        "block_rows": block_rows, "device": device,
     }  # fmt: skip
     for cls, n_k, train_rows, valid_rows in groups:
         logger.info("class %s: budget %d", cls, n_k)
@@ -395,7 +404,8 @@ def select_features(
         checkpoint = None
         if checkpoint_dir is not None:
             key = opts.digest(
-                n=n_k, cls=cls, cost={k: v for k, v in cost_options.items() if k != "block_rows"},
+                n=n_k, cls=cls,
+                cost={k: v for k, v in cost_options.items() if k not in ("block_rows", "device")},
                 inputs=input_digest(train, valid, part_grads),
             )  # fmt: skip
             name = "part-all.npz" if cls is None else f"part-{cls}.npz"
@@ -458,7 +468,8 @@ def select_coreset(
     **options
         ``estimator`` ("corrected" | "faithful"), ``max_iters`` (100), ``cut_num`` (30),
         ``trim_inactive`` (None: faithful → on), ``refine_stage`` (True), ``batch_size`` (1),
-        ``time_limit`` (None), ``block_rows``, ``progress``; see :func:`select_features`.
+        ``time_limit`` (None), ``block_rows``, ``device`` ("cpu"), ``progress``; see
+        :func:`select_features`.
 
     Returns
     -------

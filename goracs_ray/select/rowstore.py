@@ -162,9 +162,12 @@ class PartsStore:
         return Candidates(ids[pairs], rows, sum(a.n_scored for a in answers))
 
 
-def memory_store(cost: np.ndarray) -> PartsStore:
-    """The serial backend: one in-memory (N, M) float32 cost matrix (not copied)."""
-    return PartsStore.local([CostShard.from_cost(cost)])
+def memory_store(cost: np.ndarray, *, device: str = "cpu") -> PartsStore:
+    """The serial backend: one in-memory (N, M) float32 cost matrix (not copied).
+
+    ``device``: where the screening bounds are computed (:mod:`goracs_ray.select.kernels`).
+    """
+    return PartsStore.local([CostShard.from_cost(cost, device=device)])
 
 
 def as_store(cost: np.ndarray | RowStore) -> RowStore:
@@ -179,19 +182,21 @@ def recomputed_store(
     *,
     memory_bytes: int = 256 * 2**20,
     n_shards: int = 1,
+    device: str = "cpu",
     **cost_options: Any,
 ) -> tuple[PartsStore, CostScales]:
     """The backend that never stores the cost: rows recomputed from the embeddings.
 
     ``cost_options``: ``lam``, ``divide_distance``, ``grad_max`` as
     :func:`goracs_ray.select.cost.cost_scales`. Same rows (bit for bit) and so the same coreset
-    as ``memory_store(cost_matrix(...).values)``.
+    as ``memory_store(cost_matrix(...).values)``. ``device``: where rows and screening bounds
+    are computed (:mod:`goracs_ray.select.kernels`; a torch device gives rows within 1e-6).
     Memory: N·d·4 + N·64·4 bytes plus ``memory_bytes`` per shard for a block's temporaries.
     """
     shards = [
         RecomputedShard(
             train_emb[a:b], valid_emb, None if grad_norms is None else grad_norms[a:b],
-            start=a, memory_bytes=memory_bytes,
+            start=a, memory_bytes=memory_bytes, device=device,
         )
         for a, b in shard_bounds(len(train_emb), n_shards)
     ]  # fmt: skip

@@ -22,6 +22,9 @@ The driver (:class:`goracs_ray.select.rowstore.PartsStore`) reduces what the sha
   bound from per-row minima over G column groups, ``min_g (min_{j∈g} c_kj - max_{j∈g} f_j) / n``
   (O(G) per row), screens first, so most rows are not even read.
 
+``device`` says where a shard computes cost rows and screening bounds
+(:mod:`goracs_ray.select.kernels`); pruning scores, greedy gains and the OT stay in numpy.
+
 Shard state is a cache: every method takes what it needs to rebuild it (scales, column minima,
 members), so a restarted shard answers exactly as before.
 """
@@ -34,7 +37,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from goracs_ray.select.cost import CostScales, distance_block, normalize_block
+from goracs_ray.select import kernels
+from goracs_ray.select.cost import CostScales, distance_block
 from goracs_ray.select.greedy import greedy_gains, reference_gains
 from goracs_ray.select.refine import DualColumns, Estimator, pruning_scores
 
@@ -149,9 +153,12 @@ class RowShard:
     scales: CostScales | None
     row_min: np.ndarray
     row_max: np.ndarray
+    device: str
 
-    def _init_state(self, start: int, stop: int, column_features: np.ndarray) -> None:
-        self.start, self.stop = int(start), int(stop)
+    def _init_state(
+        self, start: int, stop: int, column_features: np.ndarray, device: str = "cpu"
+    ) -> None:
+        self.start, self.stop, self.device = int(start), int(stop), kernels.check_device(device)
         self.col_order, self.group_starts = column_groups(column_features)
         self.group_min: np.ndarray | None = None  # (b, G) float32 once the costs are known
         self._heap: list[tuple[float, int]] | None = None
@@ -170,8 +177,8 @@ class RowShard:
     def _group_minima(self) -> None:
         self.group_min = np.empty((self.stop - self.start, len(self.group_starts)), np.float32)
         for a, block in self.blocks():
-            self.group_min[a : a + len(block)] = np.minimum.reduceat(
-                block[:, self.col_order], self.group_starts, axis=1
+            self.group_min[a : a + len(block)] = kernels.group_minima(
+                block, self.col_order, self.group_starts, device=self.device
             )
 
     # -- cost -------------------------------------------------------------------------------
@@ -181,7 +188,7 @@ class RowShard:
         self.row_min = np.empty(n_rows, dtype=np.float32)
         self.row_max = np.empty(n_rows, dtype=np.float32)
         for a in range(0, n_rows, block_rows):
-            block = distance_block(train[a : a + block_rows], valid)
+            block = kernels.distance_block(train[a : a + block_rows], valid, device=self.device)
             if out is not None:
                 out[a : a + len(block)] = block
             self.row_min[a : a + len(block)] = block.min(axis=1)
@@ -320,7 +327,7 @@ class RowShard:
         if self.group_min is None:
             self._group_minima()
         f_max = np.maximum.reduceat(duals.f[self.col_order], self.group_starts)
-        low = (self.group_min[ids - self.start] - f_max).min(axis=1)
+        low = kernels.reduced_min(self.group_min[ids - self.start], f_max, device=self.device)
         return (low - 1e-6 * (1.0 + float(np.abs(duals.f).max()))) / n
 
     def _row_bounds(self, ids: np.ndarray, duals: DualColumns, n: int) -> np.ndarray:
@@ -328,7 +335,8 @@ class RowShard:
         f32 = duals.f.astype(np.float32)
         low = np.empty(len(ids), dtype=np.float64)
         for a in range(0, len(ids), _BLOCK_ROWS):
-            low[a : a + _BLOCK_ROWS] = (self.rows(ids[a : a + _BLOCK_ROWS]) - f32).min(axis=1)
+            rows = self.rows(ids[a : a + _BLOCK_ROWS])
+            low[a : a + _BLOCK_ROWS] = kernels.reduced_min(rows, f32, device=self.device)
         return (low - 1e-6 * (1.0 + float(np.abs(duals.f).max()))) / n
 
     def candidates(
@@ -392,6 +400,8 @@ class CostShard(RowShard):
     grad_norms : (b,) float32 or None
     start : int
         Global row index of the first row.
+    device : str
+        Where cost rows and screening bounds are computed (:mod:`goracs_ray.select.kernels`).
 
     Memory: b·M·4 bytes for the cached cost plus ~_BLOCK_ROWS·M·24 bytes of temporaries.
     """
@@ -403,15 +413,16 @@ class CostShard(RowShard):
         grad_norms: np.ndarray | None,
         *,
         start: int,
+        device: str = "cpu",
     ) -> None:
         n_rows = train_emb.shape[0]
-        self._init_state(start, start + n_rows, valid_emb)
+        self._init_state(start, start + n_rows, valid_emb, device)
         self.grads = None if grad_norms is None else np.asarray(grad_norms, dtype=np.float32)
         self.cost = np.empty((n_rows, valid_emb.shape[0]), dtype=np.float32)
         self._raw_distances(train_emb, valid_emb, _BLOCK_ROWS, self.cost)
 
     @classmethod
-    def from_cost(cls, cost: np.ndarray, *, start: int = 0) -> CostShard:
+    def from_cost(cls, cost: np.ndarray, *, start: int = 0, device: str = "cpu") -> CostShard:
         """Wrap an already normalised (b, M) float32 cost matrix (no copy when it is float32).
 
         Column groups come from the costs of a few evenly spaced rows.
@@ -420,7 +431,8 @@ class CostShard(RowShard):
         shard.cost = np.asarray(cost, dtype=np.float32)
         n_rows = shard.cost.shape[0]
         sample = np.unique(np.linspace(0, n_rows - 1, min(n_rows, _GROUP_SAMPLE_ROWS)).astype(int))
-        shard._init_state(start, start + n_rows, np.ascontiguousarray(shard.cost[sample].T))
+        columns = np.ascontiguousarray(shard.cost[sample].T)
+        shard._init_state(start, start + n_rows, columns, device)
         shard.grads = None
         shard.scales = None
         return shard
@@ -435,7 +447,9 @@ class CostShard(RowShard):
     def _apply_scales(self, scales: CostScales) -> None:
         for a in range(0, self.cost.shape[0], _BLOCK_ROWS):
             grads = None if self.grads is None else self.grads[a : a + _BLOCK_ROWS]
-            normalize_block(self.cost[a : a + _BLOCK_ROWS], grads, scales)
+            kernels.normalize_block(
+                self.cost[a : a + _BLOCK_ROWS], grads, scales, device=self.device
+            )
 
 
 class RecomputedShard(RowShard):
@@ -454,6 +468,8 @@ class RecomputedShard(RowShard):
     start : int
     memory_bytes : int
         Budget for one block's temporaries (about 24 bytes per cost entry).
+    device : str
+        Where rows are recomputed (:mod:`goracs_ray.select.kernels`; the budget applies there).
 
     Memory: b·d·4 (embeddings) + b·G·4 (group minima) + ``memory_bytes``; time: each pass over
     the rows costs a (b × d) × (d × M) float64 product.
@@ -467,11 +483,12 @@ class RecomputedShard(RowShard):
         *,
         start: int,
         memory_bytes: int = 256 * 2**20,
+        device: str = "cpu",
     ) -> None:
         self.train = np.ascontiguousarray(train_emb, dtype=np.float32)
         self.valid = np.ascontiguousarray(valid_emb, dtype=np.float32)
         n_rows = self.train.shape[0]
-        self._init_state(start, start + n_rows, self.valid)
+        self._init_state(start, start + n_rows, self.valid, device)
         self.grads = None if grad_norms is None else np.asarray(grad_norms, dtype=np.float32)
         self.block_rows = max(1, int(memory_bytes // (24 * max(1, self.valid.shape[0]))))
         self._raw_distances(self.train, self.valid, self.block_rows, None)
@@ -486,9 +503,10 @@ class RecomputedShard(RowShard):
         out = np.empty((len(local), self.valid.shape[0]), dtype=np.float32)
         for a in range(0, len(local), self.block_rows):
             part = local[a : a + self.block_rows]
-            dist = distance_block(self.train[part], self.valid)
             grads = None if self.grads is None else self.grads[part]
-            out[a : a + len(part)] = normalize_block(dist, grads, self.scales)
+            out[a : a + len(part)] = kernels.cost_block(
+                self.train[part], self.valid, grads, self.scales, device=self.device
+            )
         return out
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:

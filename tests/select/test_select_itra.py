@@ -238,10 +238,18 @@ def test_registry_methods():
 
 
 def test_select_package_imports_neither_ray_nor_torch():
+    """Nor does a GORACS selection with ``device: cpu`` (the torch kernels stay unloaded)."""
     code = (
         "import sys\nimport goracs_ray\nimport goracs_ray.select.cli, goracs_ray.select.config\n"
         "from goracs_ray.select.ot import solve_ot\nimport numpy as np\n"
         "solve_ot(np.ones((2, 3)))\n"
+        "from goracs_ray.select import FeatureTable\n"
+        "from goracs_ray.select.config import SelectConfig, run_select\n"
+        "rng = np.random.default_rng(0)\n"
+        "t = FeatureTable(train_ids=np.arange(40), train_emb=rng.normal(size=(40, 4)),\n"
+        "                 valid_emb=rng.normal(size=(9, 4)), grad_norms=rng.random(40))\n"
+        "s = run_select(SelectConfig(budget=4, lam=0.5, max_iters=2, device='cpu'), t)\n"
+        "assert s.info['settings']['device'] == 'cpu'\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')]\n"
         "assert not bad, bad[:5]\n"
     )
