@@ -77,11 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     bare_version = command is None and "--version" in argv
     args = build_parser(command, subcommands=not bare_version).parse_args(argv)
+    # Default: goracs_ray's own INFO lines and everyone's warnings; -v: everything at DEBUG.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("goracs_ray").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except _USER_ERRORS as exc:
