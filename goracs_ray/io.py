@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "check_output",
+    "portable_path",
     "atomic_dir",
     "atomic_file",
     "read_json",
@@ -33,6 +34,17 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
             f"`{path}` already exists. Pass --overwrite (overwrite=True) to replace it, "
             "or choose another output path."
         )
+
+
+def portable_path(path: str | os.PathLike[str] | None, base: str | os.PathLike[str]) -> str | None:
+    """``path`` as written into an artifact in ``base``: relative to ``base`` for a local path
+    (so a run directory moved as a whole still resolves), unchanged for a URI (``s3://…``)."""
+    if path is None:
+        return None
+    text = os.fspath(path)
+    if "://" in text:
+        return text
+    return os.path.relpath(Path(text).resolve(), Path(base).resolve())
 
 
 def check_output(

@@ -26,7 +26,7 @@ from goracs_ray.evaluate.grounding import (
 from goracs_ray.evaluate.likelihood import candidate_scores
 from goracs_ray.evaluate.metrics import auc, log_loss, rank_of_target, ranking_metrics
 from goracs_ray.evaluate.model_eval import generate_titles, yes_probabilities
-from goracs_ray.io import check_output, write_json, write_parquet
+from goracs_ray.io import check_output, portable_path, write_json, write_parquet
 from goracs_ray.models.config import AUTO, ModelConfig, as_model_config
 
 __all__ = ["evaluate"]
@@ -287,7 +287,7 @@ def evaluate(
         "task": task.value,
         "n": samples.num_rows,
         **metrics,
-        "adapter_path": str(adapter_path) if adapter_path is not None else None,
+        "adapter_path": portable_path(adapter_path, out_dir),  # relative to out_dir
         "seconds": time.perf_counter() - t0,
     }
     out = Path(out_dir)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from goracs_ray.configutil import to_dict
-from goracs_ray.io import atomic_dir, write_json, write_parquet
+from goracs_ray.io import atomic_dir, portable_path, write_json, write_parquet
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.select.types import FeatureTable, Selection
 
@@ -85,7 +85,8 @@ def write_selection(
         "n_valid": features.n_valid,
         "dim": int(features.train_emb.shape[1]),
         "seconds": seconds,
-        "inputs": {k: None if v is None else str(v) for k, v in inputs.items()},
+        # relative to `out`: a moved run directory keeps its references
+        "inputs": {k: portable_path(v, out) for k, v in inputs.items()},
         "config": to_dict(cfg),
         "info": selection.info,
     }

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from goracs_ray.configutil import to_dict
 from goracs_ray.data.schema import Task
-from goracs_ray.io import atomic_dir, check_output, write_json
+from goracs_ray.io import atomic_dir, check_output, portable_path, write_json
 from goracs_ray.models.config import ModelConfig, as_model_config
 from goracs_ray.train.config import TrainConfig
 from goracs_ray.train.core import SAMPLE_COLUMNS
@@ -225,7 +225,7 @@ def finetune(
             "n_train": n_train,
             "n_valid": n_valid,
             "deepspeed": deepspeed,
-            "ray_run": f"{storage}/{name}",
+            "ray_run": portable_path(f"{storage}/{name}", out_dir),  # relative to out_dir
             "config": to_dict(cfg),
             "model": to_dict(model),
         },

@@ -71,6 +71,7 @@ def test_select_from_features_parquet_with_labels(tmp_path):
     assert table["class"] == [int(int(i[2:]) < 10) for i in ids]
     trace = read_json(out / "selection_trace.json")
     assert [p["class"] for p in trace["info"]["parts"]] == [0, 1]
+    assert trace["inputs"]["features"] == "../features"  # relative: the tree can move
 
 
 def test_select_from_split_parquet(tmp_path):
