@@ -17,7 +17,6 @@ import time
 import numpy as np
 import psutil
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 

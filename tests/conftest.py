@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -12,7 +13,10 @@ from goracs_ray.models.tiny import build_tiny_llm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Token auth on, as Ray 2.60 has it by default, with a token of this session's own (never the
+# user's ~/.ray/auth_token); Ray processes and `ray job` clients started by tests inherit it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 

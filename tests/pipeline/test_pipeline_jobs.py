@@ -17,6 +17,7 @@ import pytest
 
 from goracs_ray.config import load_config
 from goracs_ray.pipeline import run_pipeline
+from goracs_ray.raycluster import LOOPBACK_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,14 +34,17 @@ def _free_ports(count: int) -> list[int]:
 
 @contextlib.contextmanager
 def loopback_head(tmp: Path):
-    """`ray start --head` bound to 127.0.0.1 with its own ports and temp dir; stopped on exit."""
+    """`ray start --head` on loopback only, with its own ports and temp dir; stopped on exit.
+
+    It inherits the session's token auth (tests/conftest.py): the Jobs client below passes the
+    token, as a user's would."""
     ray_bin = Path(sys.executable).with_name("ray")
     gcs, dash, client, nm, om, metrics, agent_http, agent_grpc, rt_env = _free_ports(9)
     env = {
         **os.environ,
-        "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
+        LOOPBACK_ENV: "0",  # the head's servers bind to 127.0.0.1 (goracs_ray.raycluster)
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
     }
