@@ -43,8 +43,8 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     address : str, optional
         ``"auto"``, ``"ray://host:10001"`` or a GCS address to join a running cluster. ``None``
         joins the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``) or else starts an
-        embedded local Ray that listens on 127.0.0.1 only (unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
-        =1`` is set, which opens it to the network).
+        embedded local Ray that listens on 127.0.0.1 only (unless
+        ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` is set, which opens it to the network).
     num_cpus : int, optional
         Logical CPUs of the local Ray (ignored when joining a cluster). Default: max(4, cores), so
         fractional-CPU actors and Ray Data read tasks do not starve each other on small machines.
@@ -68,6 +68,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     logger.info("starting a local Ray with %d logical CPUs", cpus)
     ray.init(
+        address="local",  # a new Ray, even when a `ray start` cluster runs on this machine
         num_cpus=cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,

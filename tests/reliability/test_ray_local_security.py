@@ -72,5 +72,9 @@ def test_a_client_without_the_session_token_is_refused(ray_local, token):
 
 
 def test_is_loopback_reads_ipv4_ipv6_and_mapped_addresses():
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.0.2.2")
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("::")
+    assert not is_loopback("192.0.2.2")
