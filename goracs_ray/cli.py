@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -71,6 +72,21 @@ def build_parser(
     return parser
 
 
+def quiet_ray_logs() -> None:
+    """The CLI's default: Ray Data's console lines at WARNING (its log file keeps everything),
+    and no Hugging Face progress bars when stderr is not a terminal.
+
+    Set before Ray is imported, so the driver and every worker of an embedded Ray read it; a
+    value the user exported wins. Only the CLI does this: the library changes no Ray setting.
+    """
+    from importlib.resources import files
+
+    config = files("goracs_ray").joinpath("ray_data_logging.yaml")
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(config))
+    if not sys.stderr.isatty():  # a log file: HF's bars (weights loaded, shards written) are noise
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 bad input, 1 failure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -84,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("goracs_ray").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        quiet_ray_logs()
     try:
         return int(args.func(args) or 0)
     except _USER_ERRORS as exc:

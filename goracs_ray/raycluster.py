@@ -35,6 +35,20 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
+def _free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the GCS binds it a moment later)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray_log_level() -> int:
+    """Ray's driver log level: INFO when goracs_ray logs at DEBUG (``goracs -v``), else WARNING."""
+    return logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.WARNING
+
+
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Initialise Ray once per process.
 
@@ -57,7 +71,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
         return
     if address:
         logger.info("joining Ray cluster at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=_ray_log_level())
         return
     if loopback:
         # Ray reads LOOPBACK_ENV once, when ray is first imported. A process that imported ray
@@ -67,13 +81,33 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
         ray_constants.ENABLE_RAY_CLUSTER = False
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     logger.info("starting a local Ray with %d logical CPUs", cpus)
-    ray.init(
-        address="local",  # a new Ray, even when a `ray start` cluster runs on this machine
-        num_cpus=cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        _node_ip_address="127.0.0.1",
-    )
+    # The Ray processes (raylet, then every worker) inherit this environment. Ray Train's
+    # placement-group cleaner finds "its" cluster through the state API by RAY_ADDRESS, else by
+    # the machine's most recently started Ray, which may be another one: so the GCS gets a port
+    # chosen here, and RAY_ADDRESS names it for the workers only (the driver's copy is restored).
+    node_env = {}
+    if loopback:
+        port = _free_loopback_port()
+        node_env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    saved = {name: os.environ.get(name) for name in node_env}
+    os.environ.update(node_env)
+    try:
+        ray.init(
+            address="local",  # a new Ray, even when a `ray start` cluster runs on this machine
+            num_cpus=cpus,
+            # Ray Train's controller queries the state API, which the dashboard serves; it
+            # listens on loopback like everything else.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            logging_level=_ray_log_level(),
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
     if loopback and not is_loopback(host):
         logger.warning(

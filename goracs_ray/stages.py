@@ -118,7 +118,7 @@ def run_stage(
         seconds = time.perf_counter() - start
         write_json(marker, {"stage": name, "key": key, "seconds": seconds})
         pending.unlink()
-    logger.info("stage %s: done in %.1f s", name, seconds)
+    logger.debug("stage %s: done in %.1f s", name, seconds)  # the run's summary lists every time
     return StageRecord(name, key, str(out_dir), cached=False, seconds=seconds)
 
 

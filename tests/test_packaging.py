@@ -84,6 +84,7 @@ def _names(reqs: list[Requirement], extra: str | None) -> set[str]:
 def test_wheel_ships_py_typed_ranges_and_extras(wheel):
     with zipfile.ZipFile(wheel) as zf:
         assert "goracs_ray/py.typed" in zf.namelist()
+        assert "goracs_ray/ray_data_logging.yaml" in zf.namelist()  # the CLI's quiet Ray Data
     meta = _metadata(wheel)
     reqs = _requirements(wheel)
     assert reqs, "the wheel declares no Requires-Dist"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -54,6 +57,17 @@ def set_trainable(model: torch.nn.Module, target: GradTarget | str | None) -> li
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
     return sorted(names)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Hide peft's call of transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning
+    per model load that the user can do nothing about); every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def load_causal_lm(
@@ -112,11 +126,12 @@ def load_causal_lm(
 
         if not (Path(adapter_path) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"`adapter_path` {adapter_path} has no adapter_config.json")
-        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+        with _quiet_peft():
+            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
     elif lora is not None:
         from peft import get_peft_model
 
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_peft():
             torch.manual_seed(seed)
             model = get_peft_model(model, lora.to_peft())
     if adapter_path is not None or lora is not None:

@@ -397,7 +397,8 @@ def select_features(
         "block_rows": block_rows, "device": device,
     }  # fmt: skip
     for cls, n_k, train_rows, valid_rows in groups:
-        logger.info("class %s: budget %d", cls, n_k)
+        if labels:  # one ITRA per class; a single unlabeled part logs its size in the runner
+            logger.info("class %s: budget %d", cls, n_k)
         train = features.train_emb[train_rows] if labels else features.train_emb
         valid = features.valid_emb[valid_rows] if labels else features.valid_emb
         part_grads = None if grads is None else grads[train_rows]

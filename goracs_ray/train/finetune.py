@@ -53,6 +53,9 @@ def _as_dataset(samples: Any, name: str, *, limit: int | None = None):
     if limit is not None:
         ds = ds.limit(limit)
     ds = ds.materialize()
+    # This dataset's own context (a copy, not the global one): no per-epoch ingest progress bars
+    # from Ray Train's split coordinator for a table that is already in memory.
+    ds.context.enable_progress_bars = False
     ids = ds.select_columns(["sample_id"]).to_pandas()["sample_id"].astype(str)
     fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     return ds, len(ids), fingerprint
@@ -92,6 +95,11 @@ def _trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
+            # Ray Train's own lines follow the driver's `ray` log level (ray.init(logging_level=…)):
+            # INFO by default, WARNING under the goracs CLI unless -v.
+            logging_config=ray.train.LoggingConfig(
+                log_level=logging.getLevelName(logging.getLogger("ray.train").getEffectiveLevel())
+            ),
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
