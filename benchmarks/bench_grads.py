@@ -23,7 +23,9 @@ denominator of the headline speed-up:
 
 Vectorised paths: ``hooks`` (the production default: LLaMA forward that skips what the gradients
 do not need), ``hooks_hf`` (the same hooks on the plain HF forward) and ``vmap``. ``hooks`` is also
-timed with ``with_hidden`` (final hidden states for LLM embeddings, as ``goracs features`` asks).
+timed with ``with_hidden`` (final hidden states for LLM embeddings, as ``goracs features`` asks),
+and with the gradients projected to ``--proj-dim`` (``features.proj_dim``, read by the LESS
+baseline only): ``projection_overhead_ratio`` is the time with the projection over without.
 Prints `name: value` lines; the headline (hooks vs the faster loop) last.
 Usage: python benchmarks/bench_grads.py [--quick] [--target all_lora] [--task ctr]
 """
@@ -41,6 +43,7 @@ from goracs_ray.data.prompts import format_full_text, format_prompt
 from goracs_ray.features.compute import keep_freed_memory, token_batches
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.features.grads import per_sample_grads
+from goracs_ray.features.projection import GradProjector
 from goracs_ray.models.config import DEFAULT_TINY
 from goracs_ray.models.lm import LoraSettings, load_causal_lm, target_parameter_names
 from goracs_ray.models.losses import causal_lm_loss, ctr_loss, ctr_token_ids
@@ -130,6 +133,9 @@ def main() -> None:
         "--min-seconds", type=float, default=3.0, help="time each path at least this long"
     )
     parser.add_argument("--target", default="last_v_lora_b", choices=["last_v_lora_b", "all_lora"])
+    parser.add_argument(
+        "--proj-dim", type=int, default=512, help="k of the timed gradient projection (LESS)"
+    )
     args = parser.parse_args()
     n, repeats, min_seconds = (
         (64, 1, 0.0) if args.quick else (args.samples, args.repeats, args.min_seconds)
@@ -159,6 +165,14 @@ def main() -> None:
     hooks_hf, _, got_hf = run(fast, "hooks_hf")
     hooks_emb, _, _ = run(fast, "hooks", with_hidden=True)
     hooks, hooks_cpu, got_h = run(fast, "hooks")
+    grad_dim = sum(dict(fast.named_parameters())[k].numel() for k in names)
+    projector = GradProjector(grad_dim, args.proj_dim, seed=0)
+
+    def hooks_projected(b):
+        res = per_sample_grads(fast, b, names, task=args.task, method="hooks", token_ids=token_ids)
+        return projector(res.grads).norm(dim=1).numpy()
+
+    hooks_proj, _, _ = _rate(hooks_projected, batches, repeats, min_seconds)
     best, best_cpu, best_name = max(
         (loop, loop_cpu, "loop_per_sample"), (loop_bf, loop_bf_cpu, "loop_batch_forward")
     )
@@ -179,6 +193,10 @@ def main() -> None:
     print(f"hooks_hf_samples_per_s: {hooks_hf:.1f}")
     print(f"hooks_with_hidden_samples_per_s: {hooks_emb:.1f}")
     print(f"hooks_samples_per_s: {hooks:.1f}")
+    print(f"proj_dim: {args.proj_dim}")
+    print(f"grad_proj_bytes_per_sample: {args.proj_dim * 4}")
+    print(f"hooks_projected_samples_per_s: {hooks_proj:.1f}")
+    print(f"projection_overhead_ratio: {hooks / hooks_proj:.2f}")  # time with / without
     print(f"loop_baseline: {best_name}")
     print(f"hooks_speedup_cpu_time: {hooks_cpu / best_cpu:.1f}")
     print(f"hooks_hf_speedup: {hooks_hf / best:.1f}")

@@ -7,6 +7,12 @@ set -euo pipefail
 config=${1:?usage: jobs/submit.sh CONFIG.yaml [--set key=value ...]}
 shift
 cd "$(dirname "$0")/.."
+# HF_HUB_OFFLINE, when you set it, goes to the job (e.g. HF_HUB_OFFLINE=1 for weights on shared
+# storage); otherwise the cluster's own environment decides.
+env_json='{}'
+if [[ -n "${HF_HUB_OFFLINE:-}" ]]; then
+  env_json="{\"env_vars\": {\"HF_HUB_OFFLINE\": \"${HF_HUB_OFFLINE}\"}}"
+fi
 exec ray job submit --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir . \
-  --runtime-env-json '{"env_vars": {"HF_HUB_OFFLINE": "1"}}' \
+  --runtime-env-json "$env_json" \
   -- python -m goracs_ray.cli run "$config" "$@"

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from goracs_ray.configutil import to_dict
 from goracs_ray.data.prompts import format_prompt
 from goracs_ray.data.schema import FEATURES_MANIFEST, Task
-from goracs_ray.features.compute import FeatureComputer, warmup_adapter
+from goracs_ray.features.compute import SECONDS_METADATA_KEY, FeatureComputer, warmup_adapter
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.io import check_output, read_json, write_json, write_parquet
 from goracs_ray.models.config import ModelConfig
@@ -419,8 +419,48 @@ def _write_manifest(
         "config": to_dict(cfg),
         "model": to_dict(model),
         "seconds": round(seconds, 2),
+        "compute_seconds": _compute_seconds(out_dir, n_shards),
+        "column_bytes": _column_bytes(first, pool.num_rows),
         "throughput_samples_per_s": round(pool.num_rows / max(seconds, 1e-9), 2),
         "shards_skipped_on_resume": skipped,
         "torch_version": torch.__version__,
     }
     write_json(out_dir / FEATURES_MANIFEST, manifest)
+    _log_costs(cfg, manifest)
+
+
+def _compute_seconds(out_dir: Path, n_shards: int) -> dict[str, float]:
+    """Actor seconds per part (gradients, projection, embedding), summed over the shards."""
+    total: dict[str, float] = {}
+    for s in range(n_shards):
+        meta = pq.read_schema(_shard_path(out_dir, s)).metadata or {}
+        for part, sec in json.loads(meta.get(SECONDS_METADATA_KEY, b"{}")).items():
+            total[part] = total.get(part, 0.0) + sec
+    return {part: round(sec, 4) for part, sec in total.items()}
+
+
+def _column_bytes(schema: pa.Schema, n_rows: int) -> dict[str, int]:
+    """In-memory bytes of each float column over all rows (N × width × 4 for float32)."""
+    out = {}
+    for field in schema:
+        t = field.type
+        if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type):
+            out[field.name] = n_rows * t.list_size * t.value_type.bit_width // 8
+        elif pa.types.is_floating(t):
+            out[field.name] = n_rows * t.bit_width // 8
+    return out
+
+
+def _log_costs(cfg: FeaturesConfig, manifest: dict) -> None:
+    """One line: where the actors' time went, and what ``proj_dim`` cost (time and bytes)."""
+    sec, nbytes = manifest["compute_seconds"], manifest["column_bytes"]
+    busy = sum(sec.values()) or 1e-9
+    line = ", ".join(f"{part} {s:.1f} s" for part, s in sec.items() if part != "projection")
+    if cfg.proj_dim:
+        line += (
+            f"; projection k={cfg.proj_dim} {sec.get('projection', 0.0):.1f} s "
+            f"({100 * sec.get('projection', 0.0) / busy:.0f} % of actor time), "
+            f"grad_proj {nbytes.get('grad_proj', 0) / 2**20:.1f} MiB "
+            "(read by the `less` baseline only; GORACS uses grad_norm)"
+        )
+    logger.info("features of %d samples: %s", manifest["n_rows"], line)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import platform
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +38,17 @@ from goracs_ray.models.lm import GradTarget, load_causal_lm, set_trainable, targ
 from goracs_ray.models.losses import causal_lm_loss, ctr_token_ids
 from goracs_ray.models.text import pack_token_ids, tokenize_samples
 
-__all__ = ["FeatureComputer", "keep_freed_memory", "token_batches", "warmup_adapter"]
+__all__ = [
+    "SECONDS_METADATA_KEY",
+    "FeatureComputer",
+    "keep_freed_memory",
+    "token_batches",
+    "warmup_adapter",
+]
+
+#: Parquet schema-metadata key of a features shard: JSON {part: seconds} of its computation
+#: (``gradients`` incl. the forward, ``projection``, ``embedding``), summed in the manifest.
+SECONDS_METADATA_KEY = b"goracs_seconds"
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +179,8 @@ class FeatureComputer:
             self.projector = GradProjector(
                 self.grad_dim, cfg.proj_dim, seed=cfg.proj_seed, kind=cfg.proj_kind
             )
+        self.seconds = {"gradients": 0.0, "projection": 0.0, "embedding": 0.0}
+        """Seconds spent per part by the current :meth:`compute` call."""
         self.encoder = None
         if cfg.embedding is EmbeddingKind.SENTENCE:
             self.encoder = SentenceEncoder(cfg.encoder_path)
@@ -185,6 +199,7 @@ class FeatureComputer:
             pad_id=pad,
         )
         batch = {k: v.to(device) for k, v in batch.items()}
+        t0 = time.perf_counter()
         res = self.grads(
             self.model,
             batch,
@@ -194,8 +209,12 @@ class FeatureComputer:
             with_hidden=self.encoder is None,
         )
         out = {"grad_norm": res.norms.cpu().numpy(), "loss": res.losses.cpu().numpy()}
+        t1 = time.perf_counter()
+        self.seconds["gradients"] += t1 - t0
         if self.projector is not None:
             out["grad_proj"] = self.projector(res.grads).cpu().numpy()
+            self.seconds["projection"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
         if self.encoder is not None:
             texts = embedding_texts(prompts, outputs, self.task)
             out["embedding"] = self.encoder.encode(texts).numpy()
@@ -207,6 +226,7 @@ class FeatureComputer:
                     hidden = base.get_decoder()(input_ids=batch["input_ids"])[0]
             emb = pool_hidden(hidden, token_mask(batch, self.task), cfg.embedding)
             out["embedding"] = emb.cpu().numpy()
+        self.seconds["embedding"] += time.perf_counter() - t2
         return out
 
     def compute(
@@ -222,9 +242,11 @@ class FeatureComputer:
         -------
         pa.Table
             FEATURE_COLUMNS: sample_id, split, embedding (d,), grad_norm, grad_proj (k,) when
-            ``proj_dim > 0``, loss. Memory: N × (d + k) float32.
+            ``proj_dim > 0``, loss. Memory: N × (d + k) float32. Its schema metadata holds the
+            seconds per part (:data:`SECONDS_METADATA_KEY`; also in :attr:`seconds`).
         """
         n = len(sample_ids)
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
         parts: dict[str, np.ndarray] = {}
         p_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         o_ids = self.tokenizer(list(outputs), add_special_tokens=False)["input_ids"]
@@ -253,7 +275,7 @@ class FeatureComputer:
                 )
             else:
                 cols[key] = pa.array(value, FEATURE_COLUMNS[key])
-        return pa.table(cols)
+        return pa.table(cols, metadata={SECONDS_METADATA_KEY: json.dumps(self.seconds).encode()})
 
 
 def warmup_adapter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,12 @@ import torch
 
 from goracs_ray.data.prompts import format_prompt
 from goracs_ray.data.schema import FEATURE_COLUMNS
-from goracs_ray.features.compute import FeatureComputer, token_batches, warmup_adapter
+from goracs_ray.features.compute import (
+    SECONDS_METADATA_KEY,
+    FeatureComputer,
+    token_batches,
+    warmup_adapter,
+)
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.features.embed import SentenceEncoder, embedding_texts, pool_hidden, token_mask
 from goracs_ray.models.config import LoraSettings, ModelConfig
@@ -62,6 +68,17 @@ def test_computer_output_and_batching_invariance(tiny_model_dir, task):
     proj = np.stack(a["grad_proj"].to_numpy(zero_copy_only=False))
     assert proj.shape == (12, 32)
     assert (a["grad_norm"].to_numpy() > 0).all()
+    # the cost of each part travels with the table (and its Parquet shard)
+    seconds = json.loads(a.schema.metadata[SECONDS_METADATA_KEY])
+    assert set(seconds) == {"gradients", "projection", "embedding"}
+    assert seconds["gradients"] > 0
+    assert seconds["projection"] > 0
+    no_proj = FeaturesConfig(max_length=128, batch_tokens=4096)
+    c = FeatureComputer(no_proj, model, task, tiny_model_dir, None).compute(
+        ids, splits, prompts, outputs
+    )
+    assert "grad_proj" not in c.column_names
+    assert json.loads(c.schema.metadata[SECONDS_METADATA_KEY])["projection"] == 0.0
 
 
 def test_ctr_embeds_prompt_only():

@@ -74,6 +74,9 @@ def test_actor_pool_fault_injection_and_resume(ray_local, tmp_path, samples_dir,
     manifest = read_json(tmp_path / "clean" / "_manifest.json")
     assert manifest["n_rows"] == 520
     assert manifest["splits"] == {"train": 460, "valid": 60}
+    assert manifest["column_bytes"]["grad_proj"] == 520 * 16 * 4  # N × proj_dim × float32
+    assert manifest["compute_seconds"]["projection"] > 0
+    assert manifest["compute_seconds"]["gradients"] > 0
 
     crash = tmp_path / "crash.flag"
     faulty = compute_features(

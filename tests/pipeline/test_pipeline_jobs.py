@@ -45,10 +45,12 @@ def loopback_head(tmp: Path):
         "RAY_USAGE_STATS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
         LOOPBACK_ENV: "0",  # the head's servers bind to 127.0.0.1 (goracs_ray.raycluster)
+        # The head's workers (Ray Train's placement-group cleaner queries the state API) find
+        # this head by name, not the most recent of the Rays other tests run on this machine.
+        "RAY_ADDRESS": f"127.0.0.1:{gcs}",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
     }
-    env.pop("RAY_ADDRESS", None)
     temp_dir = Path("/tmp") / f"goracs_head_{os.getpid()}"  # short: socket paths have a limit
     args = [
         str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1",
@@ -60,7 +62,10 @@ def loopback_head(tmp: Path):
         "--num-cpus", "4", "--temp-dir", str(temp_dir), "--include-dashboard", "true",
         "--disable-usage-stats",
     ]  # fmt: skip
-    subprocess.run(args, env=env, check=True, capture_output=True, timeout=180)
+    started = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, (
+        f"ray start failed:\n{started.stdout[-2000:]}{started.stderr[-3000:]}"
+    )
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
@@ -112,9 +117,12 @@ def test_goracs_run_through_the_jobs_api_produces_all_artifacts(submitted_run):
 
     status, logs, run_dir = submitted_run
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    # Default log level: goracs_ray's lines, not Ray Data's plans and periodic progress dumps.
-    assert "stage features: running" in logs
-    assert "Execution plan of Dataset" not in logs
+    # Default log level: the driver prints goracs_ray's lines, not Ray Data's plans and periodic
+    # progress dumps. (Lines of workers on a cluster, prefixed "(Actor pid=…)", follow the
+    # cluster's own logging settings; docs/usage.md, "What it prints".)
+    driver = [line for line in logs.splitlines() if "pid=" not in line]
+    assert any("stage features: running" in line for line in driver)
+    assert not [line for line in driver if "Execution plan of Dataset" in line]
     assert "Traceback" not in logs
     manifest = json.loads((run_dir / "manifest.json").read_text())
     names = [s["name"] for s in manifest["stages"]]
