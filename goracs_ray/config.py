@@ -19,12 +19,14 @@ from goracs_ray.evaluate.config import EvalConfig
 from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.models.config import ModelConfig
 from goracs_ray.select.config import SelectConfig
+from goracs_ray.tracking import TrackingConfig
 from goracs_ray.train.config import TrainConfig
 
 __all__ = [
     "ModelConfig",
     "RayConfig",
     "RunConfig",
+    "TrackingConfig",
     "load_config",
     "read_model",
     "read_section",
@@ -66,6 +68,8 @@ class RunConfig:
     """Test-set evaluation (``goracs evaluate``)."""
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     """Cluster connection."""
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    """Optional MLflow experiment tracking of `goracs run` and `goracs bench` (off by default)."""
 
     def __post_init__(self) -> None:
         import goracs_ray.select  # noqa: F401  (registers every baseline)

@@ -32,7 +32,7 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +57,8 @@ __all__ = [
     "prepare_inputs",
     "run_arm",
     "run_arms",
+    "config_hash",
+    "git_sha",
     "run_pipeline",
     "select_stage",
     "selection_arm",
@@ -66,7 +68,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PACKAGES = ("goracs_ray", "torch", "ray", "transformers", "peft", "deepspeed", "pot", "numpy")
+_PACKAGES = (
+    "goracs_ray",
+    "torch",
+    "ray",
+    "transformers",
+    "peft",
+    "deepspeed",
+    "pot",
+    "numpy",
+    "mlflow-skinny",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +137,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_sha() -> str | None:
+def git_sha() -> str | None:
+    """The commit of the goracs_ray checkout (None when not run from a git checkout)."""
     try:
         res = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -326,11 +339,13 @@ def run_arms(
     *,
     parallel: int = 1,
     progress: bool | None = None,
+    on_result: Callable[[Arm, ArmResult], None] | None = None,
 ) -> list[ArmResult]:
     """Run ``arms`` (:func:`run_arm` each, every stage cached), ``parallel`` at a time.
 
-    Results come back in the order of ``arms``. On a failing arm the running ones finish, the rest
-    are not started, and the error is raised (a re-run resumes from the cache).
+    Results come back in the order of ``arms``; ``on_result(arm, result)`` is called in this
+    thread as each arm finishes (experiment tracking). On a failing arm the running ones finish,
+    the rest are not started, and the error is raised (a re-run resumes from the cache).
     """
     from tqdm.auto import tqdm
 
@@ -348,7 +363,10 @@ def run_arms(
                     for other in pending:
                         other.cancel()
                     raise future.exception()  # type: ignore[misc]
-                results[futures[future]] = future.result()
+                i = futures[future]
+                results[i] = future.result()
+                if on_result is not None and results[i] is not None:
+                    on_result(arms[i], results[i])
                 bar.update(1)
     bar.close()
     return [r for r in results if r is not None]
@@ -399,19 +417,31 @@ def run_arms_of(cfg: RunConfig) -> list[Arm]:
 
 
 def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
-    """Run ``cfg`` (:func:`run_arms_of`), every stage cached by content; write ``results.md``."""
+    """Run ``cfg`` (:func:`run_arms_of`), every stage cached by content; write ``results.md``.
+
+    With ``cfg.tracking`` on, the run is logged to MLflow (:mod:`goracs_ray.tracking`).
+    """
+    from goracs_ray.tracking import start_tracking
+
     started = time.perf_counter()
-    run_dir, graph, inputs = start_run(cfg, force=force)
-    results = run_arms(graph, cfg, inputs, run_arms_of(cfg), progress=False)
-    write_manifest(cfg, run_dir, graph.records, time.perf_counter() - started)
-    results_md = write_results(
-        run_dir,
-        results_table(results),
-        metric=headline_metric(cfg.data.task.value),
-        title=f"goracs run: {run_dir.name}",
-        notes=_report_notes(cfg, inputs.samples_dir),
-        poo_traces={r.method: r.poo_trace for r in results},
-    )
+    with start_tracking(cfg, command="run") as tracker:  # before Ray: a missing MLflow fails now
+        run_dir, graph, inputs = start_run(cfg, force=force)
+
+        def log_arm(arm: Arm, result: ArmResult) -> None:
+            tracker.log_arm(arm, result, graph.records)
+
+        results = run_arms(graph, cfg, inputs, run_arms_of(cfg), progress=False, on_result=log_arm)
+        seconds = time.perf_counter() - started
+        write_manifest(cfg, run_dir, graph.records, seconds, mlflow=tracker.reference)
+        results_md = write_results(
+            run_dir,
+            results_table(results),
+            metric=headline_metric(cfg.data.task.value),
+            title=f"goracs run: {run_dir.name}",
+            notes=_report_notes(cfg, inputs.samples_dir),
+            poo_traces={r.method: r.poo_trace for r in results},
+        )
+        tracker.finish(run_dir, graph.records, seconds)
     return RunResult(run_dir=run_dir, arms=results, stages=graph.records, results_md=results_md)
 
 
@@ -469,7 +499,8 @@ def _report_notes(cfg: RunConfig, samples_dir: Path) -> list[str]:
     ]
 
 
-def _config_hash(cfg: RunConfig) -> str:
+def config_hash(cfg: RunConfig) -> str:
+    """16 hex digits of the sha256 of the resolved config (manifest.json's ``config_hash``)."""
     payload = json.dumps(to_dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -480,12 +511,15 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
         part.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def write_manifest(cfg: RunConfig, run_dir: Path, records, seconds: float) -> None:
-    """``run_dir/manifest.json``: config hash, git sha, versions, seeds, stage timings."""
+def write_manifest(
+    cfg: RunConfig, run_dir: Path, records, seconds: float, *, mlflow: dict | None = None
+) -> None:
+    """``run_dir/manifest.json``: config hash, git sha, versions, seeds, stage timings, and
+    ``mlflow`` (tracking URI, experiment and run id) when the run is tracked."""
     manifest: dict[str, Any] = {
-        "config_hash": _config_hash(cfg),
+        "config_hash": config_hash(cfg),
         "config": to_dict(cfg),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "versions": _versions(),
         "host": platform.node(),
         "seeds": {
@@ -497,4 +531,6 @@ def write_manifest(cfg: RunConfig, run_dir: Path, records, seconds: float) -> No
         "seconds_total": seconds,
         "stages": [dataclasses.asdict(r) for r in records],
     }
+    if mlflow is not None:
+        manifest["mlflow"] = mlflow
     write_json(run_dir / "manifest.json", manifest)

