@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,6 +25,8 @@ def bench_yaml(tmp_path_factory, make_toy_run_config):
         "full_data": True,
         "parallel_arms": 2,
     }
+    # tracked: the arms' nested MLflow runs are checked below (no run of its own for that)
+    cfg["tracking"] = {"mlflow_uri": f"file://{root}/mlruns", "experiment": "toy-bench"}
     path = root / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -31,8 +34,45 @@ def bench_yaml(tmp_path_factory, make_toy_run_config):
 
 @pytest.fixture(scope="module")
 def first_run(bench_yaml, ray_local):
-    assert main(["bench", str(bench_yaml)]) == 0
+    had_opt_in = "MLFLOW_ALLOW_FILE_STORE" in os.environ
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        assert main(["bench", str(bench_yaml)]) == 0
+    if not had_opt_in:  # the tracker opted into MLflow's file store
+        os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
     return load_bench_config(bench_yaml).run_dir
+
+
+def test_a_tracked_bench_has_a_nested_run_per_arm(first_run, bench_yaml):
+    """One parent run per invocation, one nested run per arm, each with its final metrics."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_bench_config(bench_yaml)
+    client = MlflowClient(cfg.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name("toy-bench")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["bench.budgets"] == "[16]"
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert set(children) == {
+        "random/b16-s0", "random/b16-s1", "goracs_greedy/b16-s0", "goracs_greedy/b16-s1",
+        "full_data/s0", "full_data/s1",
+    }  # fmt: skip
+    child = children["goracs_greedy/b16-s1"]
+    assert child.data.params["select.method"] == "goracs_greedy"
+    assert "poo" in child.data.metrics  # the selection trace, as a step metric
+    metrics = json.loads(
+        (first_run / "evaluate" / "goracs_greedy" / "b16-s1" / "metrics.json").read_text()
+    )
+    assert child.data.metrics["ndcg_at_10"] == pytest.approx(metrics["ndcg@10"])
+    assert len(client.get_metric_history(child.info.run_id, "valid_loss")) == 1  # one epoch
+    assert "poo" not in children["random/b16-s0"].data.metrics
+    assert "results.md" in {f.path for f in client.list_artifacts(parent.info.run_id)}
 
 
 def test_bench_runs_every_arm_and_writes_results(first_run):

@@ -1,6 +1,6 @@
-"""MLflow tracking end to end on the toy run: `goracs run` twice (the second all cached), then
-`goracs bench` on the same prepared data, into one file-backed MLflow store, read back with
-``MlflowClient``; a run with tracking off logs nothing and never imports MLflow."""
+"""MLflow tracking end to end on the toy run: `goracs run` twice (the second all cached) into a
+file-backed MLflow store, read back with ``MlflowClient``; a run with tracking off logs nothing
+and never imports MLflow. (`goracs bench` tracking: tests/pipeline/test_pipeline_bench.py.)"""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ _NOT_METRICS = {"n", "seconds", "task", "adapter_path"}
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, make_toy_run_config, ray_local):
-    """The toy run (GORACS only), tracked, run twice; then a one-arm bench in the same run dir
-    (its shared stages cached). The run's reports are kept before the bench replaces them."""
+    """The toy run (GORACS only), tracked, run twice (the second all cached). A tracked bench
+    is tested on tests/pipeline/test_pipeline_bench.py's run."""
     root = tmp_path_factory.mktemp("tracking")
     uri = f"file://{root}/mlruns"
     cfg = make_toy_run_config(root)
@@ -35,15 +35,6 @@ def tracked(tmp_path_factory, make_toy_run_config, ray_local):
     cfg["tracking"] = {"mlflow_uri": uri, "experiment": EXPERIMENT}
     run_yaml = root / "run.yaml"
     run_yaml.write_text(yaml.safe_dump(cfg))
-    del cfg["compare"], cfg["select"]["budget"]
-    cfg["bench"] = {
-        "methods": [{"name": "rnd", "method": "random"}],  # stage dirs apart from the run's
-        "budgets": [16],
-        "seeds": [0],
-        "full_data": False,
-    }
-    bench_yaml = root / "bench.yaml"
-    bench_yaml.write_text(yaml.safe_dump(cfg))
     run_dir, reports = Path(cfg["run_dir"]), root / "run_reports"
     had_opt_in = "MLFLOW_ALLOW_FILE_STORE" in os.environ
     with pytest.MonkeyPatch.context() as mp:
@@ -53,7 +44,6 @@ def tracked(tmp_path_factory, make_toy_run_config, ray_local):
         reports.mkdir()
         for name in ("results.md", "manifest.json", "config.yaml"):
             shutil.copy2(run_dir / name, reports / name)
-        assert main(["bench", str(bench_yaml)]) == 0
     if not had_opt_in:  # the tracker opted into MLflow's file store
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
     from mlflow.tracking import MlflowClient
@@ -157,25 +147,6 @@ def test_a_tracked_run_logs_config_trace_losses_metrics_and_reports(tracked, tmp
             "train_metrics.json",
             "selection_trace.json",
         }
-
-
-def test_a_tracked_bench_has_a_nested_run_per_arm(tracked):
-    client, runs, run_dir = tracked["client"], tracked["runs"], tracked["run_dir"]
-    (parent,) = _parents(runs, "bench")
-    assert parent.info.status == "FINISHED"
-    assert parent.data.params["bench.budgets"] == "[16]"
-    children = _children(runs, parent)
-    assert list(children) == ["rnd/b16-s0"]
-    child = children["rnd/b16-s0"]
-    assert child.data.params["method"] == "rnd"
-    assert child.data.params["select.method"] == "random"
-    assert child.data.tags["goracs.finetune.cached"] == "false"
-    assert "poo" not in child.data.metrics  # random has no POO trace
-    final = _final_metrics(run_dir / "evaluate" / "rnd" / "b16-s0" / "metrics.json")
-    assert {k: child.data.metrics[k] for k in final} == final
-    assert len(_history(client, child, "valid_loss")) == 1  # one epoch
-    assert "results.md" in {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert parent.data.tags["goracs.features.cached"] == "true"
 
 
 def test_tracking_off_logs_nothing_and_never_imports_mlflow(tracked, monkeypatch):
