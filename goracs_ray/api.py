@@ -17,7 +17,6 @@ Each takes and returns paths or Ray Datasets, so one stage can be dropped into a
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from goracs_ray.data.prepare import prepare
 from goracs_ray.evaluate import evaluate
 from goracs_ray.features import compute_features
 from goracs_ray.select.config import SelectConfig, run_select
-from goracs_ray.select.inputs import load_feature_table
+from goracs_ray.select.inputs import features_from_arrow, load_feature_table
 from goracs_ray.select.output import coreset_samples, coreset_table
 from goracs_ray.select.types import Selection
 from goracs_ray.train import finetune
@@ -56,7 +55,8 @@ def select(features: Any, cfg: SelectConfig, *, samples: Any = None, label_colum
         Column of ``features`` holding class labels, for label-enhanced selection.
 
     Memory: the features are materialised once on the driver (N·d + M·d float32), and so is
-    the coreset's rows of ``samples``.
+    the coreset's rows of ``samples``. Both travel through the object store (never a temporary
+    directory), so the Datasets' blocks may live on any node of a multi-node cluster.
 
     Raises
     ------
@@ -71,9 +71,10 @@ def select(features: Any, cfg: SelectConfig, *, samples: Any = None, label_colum
     if isinstance(features, (str, os.PathLike)):
         selection = select_table(features, cfg, label_column=label_column)
     else:
-        with tempfile.TemporaryDirectory(prefix="goracs_features_") as tmp:
-            features.write_parquet(tmp)
-            selection = select_table(tmp, cfg, label_column=label_column)
+        # Not `write_parquet` to a temporary directory: on a multi-node cluster each block would
+        # land on the disk of the node that wrote it, where the driver cannot read it.
+        table = _gather(features, "features")
+        selection = run_select(cfg, features_from_arrow(table, label_column=label_column))
     if samples is None:
         return ray.data.from_arrow(coreset_table(selection).select(["sample_id", "rank"]))
     if isinstance(samples, (str, os.PathLike)):
@@ -85,6 +86,17 @@ def select(features: Any, cfg: SelectConfig, *, samples: Any = None, label_colum
             return batch.filter(pc.is_in(batch.column("sample_id"), wanted))
 
         # The coreset (budget rows) is gathered on the driver to put it in rank order.
-        refs = samples.map_batches(keep, batch_format="pyarrow").to_arrow_refs()
-        table = pa.concat_tables(ray.get(refs))
+        table = _gather(samples.map_batches(keep, batch_format="pyarrow"), "samples")
     return ray.data.from_arrow(coreset_samples(table, selection.ids))
+
+
+def _gather(ds: Any, name: str):
+    """A Ray Dataset's blocks as one Arrow table on the driver, fetched through the object
+    store from whichever nodes hold them."""
+    import pyarrow as pa
+    import ray
+
+    tables = ray.get(ds.to_arrow_refs())
+    if not tables:
+        raise ValueError(f"the `{name}` Ray Dataset has no blocks")
+    return pa.concat_tables(tables, promote_options="default")

@@ -7,13 +7,19 @@ Layout of ``out_dir``::
     tiny_model/          the default tiny LLM, when no model_path is given
     warmup_adapter/      the warm-up adapter, when warmup_steps > 0
     part-00000.parquet   FEATURE_COLUMNS for pool rows [0, rows_per_shard), ...
-    _manifest.json       written last: shards, counts, timings, model and settings (the leading
-                         ``_`` lets pandas / pyarrow.dataset read the dir as a Parquet dataset)
+    _manifest.json       written last: shards, counts, timings, model and settings, and how many
+                         shards each Ray node computed in this call (``shards_by_node``; the
+                         leading ``_`` lets pandas / pyarrow.dataset read the dir as a dataset)
 
 Shard ``c`` holds pool rows ``[c·R, (c+1)·R)``. An actor computes a whole shard and writes it with
 an atomic rename, so a shard file exists only when complete: re-running skips existing shards, and
 an actor killed mid-shard leaves nothing; Ray Data restarts the actor and retries the task, which
 writes that shard once. Output is therefore exactly-once by shard id whatever the failures.
+
+Multi-node: the pool grows onto nodes that join (up to ``max_actors``) and an actor lost with its
+node is restarted elsewhere, its shard retried. Every node writes into ``out_dir``, so on a real
+cluster it must be shared storage (each shard file records its writer node in the Parquet schema
+metadata under :data:`SHARD_NODE_KEY`).
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ from goracs_ray.features.config import FeaturesConfig
 from goracs_ray.io import check_output, read_json, write_json, write_parquet
 from goracs_ray.models.config import ModelConfig
 
-__all__ = ["FeaturesResult", "compute_features"]
+__all__ = ["SHARD_NODE_KEY", "FeaturesResult", "compute_features"]
 
 logger = logging.getLogger(__name__)
+
+#: Parquet schema-metadata key of a shard file: the id of the Ray node whose actor wrote it.
+SHARD_NODE_KEY = b"goracs.ray_node_id"
 
 _NOT_RESULT_FIELDS = {
     "batch_tokens",
@@ -86,13 +95,26 @@ def _shard_path(out_dir: Path, shard: int) -> Path:
 class _FeatureActor:
     """Ray Data callable class: loads the model once, then featurises whole shards."""
 
-    def __init__(self, cfg, model, task, model_path, adapter_path, out_dir, crash_once_file=None):
+    def __init__(
+        self, cfg, model, task, model_path, adapter_path, out_dir, crash_once_file=None,
+        hold_file=None,
+    ):  # fmt: skip
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.computer = FeatureComputer(
             cfg, model, task, Path(model_path), adapter_path and Path(adapter_path)
         )
         self.pool = pq.read_table(self.out_dir / "_pool.parquet")
         self.crash_once_file = crash_once_file
+        self.hold_file = hold_file
+
+    def _maybe_hold(self, node: str) -> None:
+        """Test hook: while ``hold_file`` exists, wait before each shard (having created
+        ``{hold_file}.{node id}``, so a test sees which nodes have an actor at work)."""
+        if self.hold_file is None or not os.path.exists(self.hold_file):
+            return
+        Path(f"{self.hold_file}.{node}").touch()
+        while os.path.exists(self.hold_file):
+            time.sleep(0.05)
 
     def _maybe_crash(self, part: pa.Table) -> None:
         """Test hook: the first actor to get here computes half a shard, then dies hard."""
@@ -108,17 +130,27 @@ class _FeatureActor:
         os._exit(1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
         rows = []
         for shard in batch["shard"].tolist():
+            self._maybe_hold(node)
             part = self.pool.slice(shard * self.cfg.rows_per_shard, self.cfg.rows_per_shard)
             self._maybe_crash(part)
             cols = part.to_pydict()
             table = self.computer.compute(
                 cols["sample_id"], cols["split"], cols["prompt"], cols["output"]
             )
+            meta = {**(table.schema.metadata or {}), SHARD_NODE_KEY: node.encode()}
+            table = table.replace_schema_metadata(meta)
             write_parquet(_shard_path(self.out_dir, shard), table)
             rows.append(part.num_rows)
-        return {"shard": batch["shard"], "rows": np.asarray(rows, dtype=np.int64)}
+        return {
+            "shard": batch["shard"],
+            "rows": np.asarray(rows, dtype=np.int64),
+            "node": np.asarray([node] * len(rows), dtype=object),
+        }
 
 
 def _load_pool(samples, splits: tuple[str, ...]) -> tuple[pa.Table, set[str]]:
@@ -250,7 +282,9 @@ def _resolve_model(
     return Path(model_path), adapter and Path(adapter)
 
 
-def _run_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash):
+def _run_pool(
+    cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash, hold
+):
     import ray
 
     from goracs_ray.raycluster import ensure_ray
@@ -261,7 +295,7 @@ def _run_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *
         gpus = 1.0 if model.wants_gpu(ray.cluster_resources().get("GPU", 0) > 0) else 0.0
     with _ray_data_bars_off():  # our own bar counts samples
         return _drain_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows,
-                           progress=progress, crash=crash, gpus=gpus)  # fmt: skip
+                           progress=progress, crash=crash, hold=hold, gpus=gpus)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -279,7 +313,7 @@ def _ray_data_bars_off():
 
 
 def _drain_pool(
-    cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash, gpus
+    cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, crash, hold, gpus
 ):
     import ray
     from tqdm.auto import tqdm
@@ -295,21 +329,22 @@ def _drain_pool(
             "adapter_path": adapter and str(adapter),
             "out_dir": str(out_dir),
             "crash_once_file": crash,
+            "hold_file": hold,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_cpus=cfg.actor_cpus,
         num_gpus=gpus or None,
     )
-    seen: set[int] = set()
+    nodes: dict[int, str] = {}
     total = sum(pool_rows(s) for s in todo)
     with tqdm(total=total, unit="sample", desc="features", disable=not progress) as bar:
         for row in ds.iter_rows():
             shard = int(row["shard"])
-            if shard not in seen:
-                seen.add(shard)
+            if shard not in nodes:
+                nodes[shard] = str(row["node"])
                 bar.update(int(row["rows"]))
-    return seen
+    return nodes
 
 
 def compute_features(
@@ -322,6 +357,7 @@ def compute_features(
     overwrite: bool = False,
     progress: bool | None = None,
     crash_once_file: str | None = None,
+    hold_file: str | None = None,
 ) -> FeaturesResult:
     """Featurise ``cfg.splits`` of ``samples`` on a Ray actor pool into resumable shards.
 
@@ -347,6 +383,9 @@ def compute_features(
     crash_once_file : str, optional
         Test hook for fault injection: the first actor that creates this file mid-shard exits
         with ``os._exit(1)``.
+    hold_file : str, optional
+        Test hook for elasticity tests: while this file exists, actors wait before each shard,
+        each having created ``{hold_file}.{its node id}``.
 
     Returns
     -------
@@ -367,12 +406,13 @@ def compute_features(
     if skipped:
         logger.info("resuming: %d of %d shards already done", skipped, n_shards)
     model_path, adapter = _resolve_model(cfg, model, samples, pool, out_dir)
+    nodes: dict[int, str] = {}
     if todo:
 
         def pool_rows(s: int) -> int:
             return min(cfg.rows_per_shard, pool.num_rows - s * cfg.rows_per_shard)
 
-        _run_pool(
+        nodes = _run_pool(
             cfg,
             model,
             task,
@@ -383,20 +423,23 @@ def compute_features(
             pool_rows,
             progress=progress,
             crash=crash_once_file,
+            hold=hold_file,
         )
     missing = [s for s in range(n_shards) if not _shard_path(out_dir, s).is_file()]
     if missing:
         raise RuntimeError(f"features shards {missing[:5]} were not written; re-run to resume")
     seconds = time.perf_counter() - start
     _write_manifest(
-        cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped
+        cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped, nodes
     )
     return FeaturesResult(out_dir, pool.num_rows, n_shards, skipped, seconds)
 
 
 def _write_manifest(
-    cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped
+    cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped, nodes
 ) -> None:
+    import collections
+
     import torch
     from transformers import AutoConfig
 
@@ -423,6 +466,7 @@ def _write_manifest(
         "column_bytes": _column_bytes(first, pool.num_rows),
         "throughput_samples_per_s": round(pool.num_rows / max(seconds, 1e-9), 2),
         "shards_skipped_on_resume": skipped,
+        "shards_by_node": dict(collections.Counter(nodes.values())),
         "torch_version": torch.__version__,
     }
     write_json(out_dir / FEATURES_MANIFEST, manifest)

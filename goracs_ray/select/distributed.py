@@ -16,8 +16,12 @@ Per class (label-enhanced selection runs one per class, through
 
 Shard and evaluator actors restart after a crash (``max_restarts``) and Ray retries the
 interrupted call; all shard state is rebuilt from each call's arguments, so a restart does not
-change the result. When the selector itself dies, :func:`_run_part` starts a new one, which
-resumes from the selection checkpoint (``checkpoint_dir``) — again the same result.
+change the result. That holds for an actor lost with its node too: it restarts on another node
+(the inputs it is rebuilt from are owned by the driver, the evaluators' per-wave state by the
+selector). ``WorkerSettings.evaluator_resources`` / ``state_resources`` place the stateless
+evaluators on preemptible nodes and the selector and shards on stable ones. When the selector
+itself dies, :func:`_run_part` starts a new one, which resumes from the selection checkpoint
+(``checkpoint_dir``) — again the same result.
 """
 
 from __future__ import annotations
@@ -69,13 +73,24 @@ class WorkerSettings:
     actor_cpus : float
         Logical CPUs reserved per actor (fractional on small machines).
     max_restarts : int
-        Restarts of a crashed actor (and retries of its interrupted call).
+        Restarts of a crashed actor (and retries of its interrupted call), including one lost
+        with its node: it is restarted on another node that has room.
+    evaluator_resources : dict, optional
+        Custom Ray resources each evaluator asks for besides its CPUs, e.g. ``{"spot": 0.01}``
+        on a cluster whose preemptible nodes declare ``spot``: evaluators hold no state, so
+        losing one costs only a retried call.
+    state_resources : dict, optional
+        Custom Ray resources the selector and each shard actor ask for, e.g.
+        ``{"on_demand": 0.01}``, to keep the actors that hold the cost and the ITRA state on
+        stable nodes (a lost shard is rebuilt, a lost selector needs a checkpoint).
     """
 
     evaluators: int = 2
     shards: int = 2
     actor_cpus: float = 0.25
     max_restarts: int = 3
+    evaluator_resources: dict[str, float] | None = None
+    state_resources: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("evaluators", "shards"):
@@ -84,6 +99,25 @@ class WorkerSettings:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
         if not self.actor_cpus > 0:
             raise ValueError(f"`actor_cpus` must be > 0, got {self.actor_cpus!r}")
+        for name in ("evaluator_resources", "state_resources"):
+            value = getattr(self, name)
+            if value is not None and not all(
+                isinstance(k, str) and k not in ("CPU", "GPU") and v > 0 for k, v in value.items()
+            ):
+                raise ValueError(
+                    f"`{name}` must map custom resource names (not CPU/GPU) to amounts > 0, "
+                    f"got {value!r}"
+                )
+
+    def options(self, role: str) -> dict[str, Any]:
+        """Ray actor options of a ``"selector"``, ``"shard"`` or ``"evaluator"`` actor."""
+        extra = self.evaluator_resources if role == "evaluator" else self.state_resources
+        opts: dict[str, Any] = {"num_cpus": self.actor_cpus}
+        if role != "selector":
+            opts.update(max_restarts=self.max_restarts, max_task_retries=self.max_restarts)
+        if extra:
+            opts["resources"] = dict(extra)
+        return opts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +125,8 @@ class FaultPlan:
     """Test hook: make one actor ``os._exit`` once, on its ``call``-th call of ``method``.
 
     ``marker`` is a file created just before the crash; a restarted actor sees it and carries on.
+    With ``stall_s`` > 0 the actor does not exit: it writes the marker and sleeps that long in
+    the middle of the call (a test removes the actor's node meanwhile), then carries on.
     """
 
     target: str
@@ -100,6 +136,7 @@ class FaultPlan:
     method: str
     call: int
     marker: str
+    stall_s: float = 0.0
 
 
 class _FaultCounter:
@@ -113,6 +150,9 @@ class _FaultCounter:
         self.calls += 1
         if self.calls == plan.call and not os.path.exists(plan.marker):
             Path(plan.marker).write_text(str(os.getpid()))
+            if plan.stall_s > 0:
+                time.sleep(plan.stall_s)
+                return
             os._exit(1)
 
 
@@ -191,17 +231,16 @@ class _SelectorActor:
     """Runs the ITRA driver for one cost matrix on the shard store and the evaluator pool."""
 
     def __init__(self, shard_inputs, grad_norms, settings: WorkerSettings, fault=None) -> None:
-        opts = {
-            "num_cpus": settings.actor_cpus,
-            "max_restarts": settings.max_restarts,
-            "max_task_retries": settings.max_restarts,
-        }
         self.shards = [
-            _Shard.options(**opts).remote(train, valid, grads, start, _fault_for(fault, "shard", k))
+            _Shard.options(**settings.options("shard")).remote(
+                train, valid, grads, start, _fault_for(fault, "shard", k)
+            )
             for k, (train, valid, grads, start) in enumerate(shard_inputs[0])
         ]
         self.evaluators = [
-            _Evaluator.options(**opts).remote(_fault_for(fault, "evaluator", k))
+            _Evaluator.options(**settings.options("evaluator")).remote(
+                _fault_for(fault, "evaluator", k)
+            )
             for k in range(settings.evaluators)
         ]
         self.fault = _FaultCounter(_fault_for(fault, "selector", 0))
@@ -290,7 +329,7 @@ def start_selector(
         )
         for a, b in shard_bounds(len(train_emb), workers.shards)
     ]
-    selector = _Selector.options(num_cpus=workers.actor_cpus).remote(
+    selector = _Selector.options(**workers.options("selector")).remote(
         [inputs], grad_norms, workers, fault
     )
     return selector, inputs

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from goracs_ray.data.schema import FEATURES_MANIFEST
 from goracs_ray.select.types import FeatureTable
 
-__all__ = ["load_feature_table", "load_split_features"]
+__all__ = ["features_from_arrow", "load_feature_table", "load_split_features"]
 
 
 _LEGACY_MANIFEST = "manifest.json"  # features dirs written before the rename
@@ -117,7 +117,10 @@ def _load_npy(path: Path) -> np.ndarray:
 def _vectors(table: pa.Table, column: str, where: str) -> np.ndarray:
     """A list/fixed-size-list column as an (n, d) float32 array."""
     col = table.column(column).combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+    if isinstance(col.type, pa.ExtensionType):  # e.g. Ray Data's tensor column of numpy batches
+        col = col.storage
+    kinds = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if not any(is_kind(col.type) for is_kind in kinds):
         raise TypeError(f"column `{column}` of `{where}` must hold vectors, got {col.type}")
     if col.null_count:
         raise ValueError(f"column `{column}` of `{where}` has {col.null_count} null vector(s)")
@@ -223,12 +226,39 @@ def load_feature_table(
     ``target_item`` become ``train_groups`` (stratified and DEALRec baselines), and
     ``label_column`` is read from the samples when the features lack it.
     """
-    where = str(path)
     names = set(_schema(_parquet_files(Path(path))[0]).names)
+    columns = _feature_columns(names, label_column)
+    table = _read_parquet(Path(path), columns)
+    return _feature_table(table, str(path), label_column=label_column, samples_dir=samples_dir)
+
+
+def features_from_arrow(
+    table: pa.Table, *, label_column: str | None = None, where: str = "the features Dataset"
+) -> FeatureTable:
+    """:func:`load_feature_table` of an in-memory Arrow table (e.g. a Ray Dataset's blocks
+    gathered on the driver); ``label_column`` must then be one of its columns."""
+    need = ["sample_id", "split", "embedding", "grad_norm", *filter(None, [label_column])]
+    missing = [c for c in need if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{where} lacks column(s) {', '.join(f'`{c}`' for c in missing)}; it has "
+            f"{', '.join(table.column_names)}"
+        )
+    table = table.select(_feature_columns(set(table.column_names), label_column))
+    return _feature_table(table, where, label_column=label_column, samples_dir=None)
+
+
+def _feature_columns(names: set[str], label_column: str | None) -> list[str]:
     optional = [c for c in ("grad_proj", "loss") if c in names]
-    from_features = label_column if label_column in names else None
-    columns = ["sample_id", "split", "embedding", "grad_norm", *optional]
-    table = _read_parquet(Path(path), columns + ([from_features] if from_features else []))
+    from_features = [label_column] if label_column in names else []
+    return ["sample_id", "split", "embedding", "grad_norm", *optional, *from_features]
+
+
+def _feature_table(
+    table: pa.Table, where: str, *, label_column: str | None, samples_dir
+) -> FeatureTable:
+    optional = [c for c in ("grad_proj", "loss") if c in table.column_names]
+    from_features = label_column if label_column in table.column_names else None
     ids = table.column("sample_id")
     bad = ids.null_count + (
         pc.sum(pc.is_nan(ids)).as_py() or 0 if pa.types.is_floating(ids.type) else 0

@@ -3,6 +3,6 @@
 from goracs_ray.train.config import TrainConfig
 from goracs_ray.train.ds_config import deepspeed_config
 from goracs_ray.train.finetune import finetune
-from goracs_ray.train.worker import FaultInjection
+from goracs_ray.train.worker import EpochGate, FaultInjection
 
-__all__ = ["FaultInjection", "TrainConfig", "deepspeed_config", "finetune"]
+__all__ = ["EpochGate", "FaultInjection", "TrainConfig", "deepspeed_config", "finetune"]

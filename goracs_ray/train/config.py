@@ -53,6 +53,10 @@ class TrainConfig:
     min_workers: int | None = None
     """Set to enable elastic training: Ray Train runs with between ``min_workers`` and
     ``num_workers`` workers, resizing as the cluster grows or shrinks."""
+    resize_check_s: float = 60.0
+    """Elastic runs: seconds between Ray Train's checks for room to add workers while training
+    (``ScalingConfig.elastic_resize_monitor_interval_s``); growing restarts the workers from the
+    latest checkpoint, so short intervals cost restarts on a busy cluster."""
     cpus_per_worker: float = 1.0
     """Logical CPUs reserved per worker (fractional values let small machines run 2 workers)."""
     torch_threads: int | None = None
@@ -89,6 +93,8 @@ class TrainConfig:
                 f"`train.min_workers` must be between 1 and `train.num_workers` "
                 f"({self.num_workers}), got {self.min_workers}; or null for a fixed size"
             )
+        if not self.resize_check_s >= 0:
+            raise ValueError(f"`train.resize_check_s` must be ≥ 0, got {self.resize_check_s}")
         if self.warmup_steps < 0:
             raise ValueError(f"`train.warmup_steps` must be ≥ 0, got {self.warmup_steps}")
         if self.max_valid_samples is not None and self.max_valid_samples < 1:

@@ -18,7 +18,7 @@ from goracs_ray.io import atomic_dir, check_output, portable_path, write_json
 from goracs_ray.models.config import ModelConfig, as_model_config
 from goracs_ray.train.config import TrainConfig
 from goracs_ray.train.core import SAMPLE_COLUMNS
-from goracs_ray.train.worker import FaultInjection, train_func
+from goracs_ray.train.worker import EpochGate, FaultInjection, train_func
 
 __all__ = ["finetune"]
 
@@ -26,44 +26,61 @@ logger = logging.getLogger(__name__)
 
 
 def _as_dataset(samples: Any, name: str, *, limit: int | None = None):
-    """A Parquet path or a Ray Dataset → materialised Ray Dataset of the fine-tuning columns
-    (its first ``limit`` rows when given)."""
+    """A Parquet path or a Ray Dataset → Ray Dataset of the fine-tuning columns (its first
+    ``limit`` rows when given), its row count and a fingerprint of its ids.
+
+    The rows are read (or gathered from the Dataset's blocks) on the driver and put in the
+    object store from there: a local path need not be visible from other nodes, and a worker
+    node that leaves takes none of the training set with it. Memory: the samples' text, once,
+    in the driver and in the object store of its node.
+    """
+    import pyarrow as pa
     import ray.data
 
+    want = ["sample_id", *SAMPLE_COLUMNS]
     if isinstance(samples, (str, os.PathLike)):
-        path = Path(samples)
-        if not path.exists():
-            raise FileNotFoundError(f"`{name}` Parquet `{path}` does not exist")
-        columns = pq.read_schema(path).names if path.is_file() else None
-        ds = ray.data.read_parquet(str(path))
+        source = os.fspath(samples)  # a local file or dir, or a pyarrow URI (s3://, gs://)
+        if "://" not in source and not Path(source).exists():
+            raise FileNotFoundError(f"`{name}` Parquet `{source}` does not exist")
+        columns = pq.ParquetDataset(source).schema.names
     elif isinstance(samples, ray.data.Dataset):
-        ds, columns = samples, None
+        columns = samples.schema().names
     else:
         raise TypeError(
             f"`{name}` must be a Parquet path or a ray.data.Dataset, got {type(samples)}"
         )
-    columns = columns if columns is not None else ds.schema().names
-    missing = [c for c in ("sample_id", *SAMPLE_COLUMNS) if c not in columns]
+    missing = [c for c in want if c not in columns]
     if missing:
         raise ValueError(
             f"`{name}` lacks column(s) {', '.join(f'`{c}`' for c in missing)}; samples must follow "
             "goracs_ray.data.schema.SAMPLE_SCHEMA"
         )
-    ds = ds.select_columns(["sample_id", *SAMPLE_COLUMNS])
+    if isinstance(samples, ray.data.Dataset):
+        blocks = ray.get(samples.select_columns(want).to_arrow_refs())
+        table = pa.concat_tables(blocks) if blocks else pa.table({c: [] for c in want})
+    else:
+        table = pq.read_table(source, columns=want)
     if limit is not None:
-        ds = ds.limit(limit)
-    ds = ds.materialize()
+        table = table.slice(0, limit)
+    ids = table.column("sample_id").cast(pa.string()).to_pylist()
+    fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    ds = ray.data.from_arrow(table)
     # This dataset's own context (a copy, not the global one): no per-epoch ingest progress bars
     # from Ray Train's split coordinator for a table that is already in memory.
     ds.context.enable_progress_bars = False
-    ids = ds.select_columns(["sample_id"]).to_pandas()["sample_id"].astype(str)
-    fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     return ds, len(ids), fingerprint
 
 
 # Fields that do not change the per-epoch trajectory: a run extended by more epochs, more patience
 # or more failures allowed continues from the earlier run's latest checkpoint.
-_RESUMABLE_CHANGES = ("epochs", "patience", "max_failures", "checkpoints_to_keep", "storage_path")
+_RESUMABLE_CHANGES = (
+    "epochs",
+    "patience",
+    "max_failures",
+    "checkpoints_to_keep",
+    "storage_path",
+    "resize_check_s",
+)
 
 
 def _run_name(cfg: TrainConfig, task: Task, model: ModelConfig, samples: list[str]) -> str:
@@ -91,7 +108,10 @@ def _trainer(
         train_func,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=cfg.resize_check_s,
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -119,6 +139,7 @@ def finetune(
     resume: bool = True,
     overwrite: bool = False,
     fault: FaultInjection | None = None,
+    gate: EpochGate | None = None,
 ) -> Path:
     """LoRA fine-tuning on Ray Train; returns the adapter dir of the best validation epoch.
 
@@ -145,6 +166,8 @@ def finetune(
         Replace an existing ``out_dir/adapter``.
     fault : FaultInjection, optional
         Test hook that kills one worker once (fault-tolerance tests).
+    gate : EpochGate, optional
+        Test hook that holds the run at chosen epochs (elasticity tests).
 
     Returns
     -------
@@ -205,6 +228,7 @@ def finetune(
         "use_gpu": use_gpu,
         "deepspeed": deepspeed,
         "fault": fault,
+        "gate": gate,
     }
     trainer = _trainer(
         cfg,

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from goracs_ray.train.core import (
 )
 from goracs_ray.train.ds_config import deepspeed_config
 
-__all__ = ["FaultInjection", "train_func"]
+__all__ = ["EpochGate", "FaultInjection", "train_func"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,25 @@ class FaultInjection:
         ):
             Path(self.marker).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
             os._exit(1)
+
+
+@dataclass(frozen=True)
+class EpochGate:
+    """Test hook for elasticity tests: holds the run at chosen epochs while a test changes the
+    cluster.
+
+    Before each epoch, rank 0 creates ``{directory}/epoch{e}-workers{w}`` (``w`` the world size
+    it starts that epoch with), then every worker waits while ``{directory}/hold{e}`` exists.
+    """
+
+    directory: str
+
+    def enter(self, *, rank: int, epoch: int, world_size: int) -> None:
+        root = Path(self.directory)
+        if rank == 0:
+            (root / f"epoch{epoch}-workers{world_size}").touch()
+        while (root / f"hold{epoch}").exists():
+            time.sleep(0.1)
 
 
 def _batches(
@@ -280,7 +300,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     Keys: ``cfg`` (TrainConfig), ``model`` (ModelConfig: LoRA settings or start adapter),
     ``task`` (Task value), ``model_path`` (str), ``use_gpu`` (bool), ``deepspeed`` (ZeRO stage,
-    JSON path or None), ``fault`` (FaultInjection or None).
+    JSON path or None), ``fault`` (FaultInjection or None), ``gate`` (EpochGate or None).
     """
     import ray.train
 
@@ -288,14 +308,19 @@ def train_func(config: dict[str, Any]) -> None:
     w, stopper, best = _start(config)
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
+    world_size = ray.train.get_context().get_world_size()
+    gate: EpochGate | None = config.get("gate")
     for epoch in range(len(stopper.history), w.cfg.epochs):
         if stopper.should_stop:
             break
+        if gate is not None:
+            gate.enter(rank=w.rank, epoch=epoch, world_size=world_size)
         train_loss, valid_loss = w.epoch(epoch, train_shard, valid_shard)
         if stopper.update(epoch, valid_loss):
             best = _lora_state(w.model)
         metrics = {
             "epoch": epoch,
+            "workers": world_size,  # elastic runs: the world size this epoch trained with
             "train_loss": train_loss,
             "valid_loss": valid_loss,
             "best_valid_loss": stopper.best_loss,
