@@ -74,7 +74,8 @@ def build_parser(
 
 def quiet_ray_logs() -> None:
     """The CLI's default: Ray Data's console lines at WARNING (its log file keeps everything),
-    and no Hugging Face progress bars when stderr is not a terminal.
+    no Hugging Face progress bars when stderr is not a terminal, and one Ray-internal
+    deprecation warning hidden.
 
     Set before Ray is imported, so the driver and every worker of an embedded Ray read it; a
     value the user exported wins. Only the CLI does this: the library changes no Ray setting.
@@ -85,6 +86,11 @@ def quiet_ray_logs() -> None:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(config))
     if not sys.stderr.isatty():  # a log file: HF's bars (weights loaded, shards written) are noise
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Ray Train 2.60 sets an option Ray Data 2.60 deprecates (a warning per fine-tune, in a Ray
+    # actor): hidden in the processes of the embedded Ray, as the user can do nothing about it.
+    os.environ.setdefault(
+        "PYTHONWARNINGS", "ignore:`ExecutionOptions.exclude_resources` is deprecated"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

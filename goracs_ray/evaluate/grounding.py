@@ -53,7 +53,9 @@ def last_token_hidden(
     """
     device = next(model.parameters()).device
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=progress, disable=progress is None):
+    # disable=None: tqdm's own rule, a bar on a terminal only (no bar lines in a log file)
+    bar_off = True if progress is None else None
+    for start in tqdm(range(0, len(texts), batch_size), desc=progress, disable=bar_off):
         chunk = [str(t) for t in texts[start : start + batch_size]]
         enc = tokenizer(
             chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length

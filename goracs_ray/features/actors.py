@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -293,7 +294,9 @@ def _run_pool(
     gpus = cfg.actor_gpus
     if gpus is None:
         gpus = 1.0 if model.wants_gpu(ray.cluster_resources().get("GPU", 0) > 0) else 0.0
-    with _ray_data_bars_off():  # our own bar counts samples
+    progress = sys.stderr.isatty() if progress is None else progress
+    # Our own bar counts samples; when it shows, Ray Data's bars would repeat it.
+    with _ray_data_bars_off() if progress else contextlib.nullcontext():
         return _drain_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows,
                            progress=progress, crash=crash, hold=hold, gpus=gpus)  # fmt: skip
 
