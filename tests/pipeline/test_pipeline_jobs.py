@@ -62,11 +62,11 @@ def loopback_head(tmp: Path):
         "--num-cpus", "4", "--temp-dir", str(temp_dir), "--include-dashboard", "true",
         "--disable-usage-stats",
     ]  # fmt: skip
-    started = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, (
-        f"ray start failed:\n{started.stdout[-2000:]}{started.stderr[-3000:]}"
-    )
     try:
+        started = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, (  # a failed start may still leave processes: stopped below
+            f"ray start failed:\n{started.stdout[-2000:]}{started.stderr[-3000:]}"
+        )
         yield f"http://127.0.0.1:{dash}", env
     finally:
         _stop_head(str(temp_dir), gcs)
