@@ -15,6 +15,7 @@ engine checkpoint, frozen weights excluded, one optimiser shard per rank).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -52,6 +53,10 @@ class FaultInjection:
 
     The worker of ``rank`` exits abruptly (``os._exit``) after micro-batch ``step`` of ``epoch``
     if ``marker`` does not exist yet, creating it first, so the restarted run does not die again.
+    It first waits until Ray Train has committed every checkpoint reported so far: the restart
+    then resumes from the previous epoch's checkpoint. (Without the wait the worker may die
+    before the controller has collected its last report; that checkpoint is then never
+    registered and the restart trains from scratch.)
     """
 
     marker: str
@@ -63,8 +68,20 @@ class FaultInjection:
         if (rank, epoch, step) == (self.rank, self.epoch, self.step) and not os.path.exists(
             self.marker
         ):
+            import ray.train
+
+            ray.train.get_all_reported_checkpoints(
+                consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+            )
             Path(self.marker).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
             os._exit(1)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The torch seed of ``rank`` for ``epoch`` (dropout): a function of the epoch alone, so a
+    run resumed from a checkpoint draws what an uninterrupted run draws, and workers differ."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def _batches(
@@ -203,6 +220,7 @@ class _Worker:
     def epoch(self, epoch: int, train_shard, valid_shard) -> tuple[float, float]:
         """Train one epoch on this worker's shard; return the global (train, valid) losses."""
         cfg, fault, rank = self.cfg, self.fault, self.rank
+        torch.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         batches = _batches(
             train_shard,
             self.tokenizer,
@@ -267,7 +285,6 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
             use_gpu=config["use_gpu"],
             deepspeed=config["deepspeed"],
         )
-    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across workers
     yes_no = ctr_token_ids(tokenizer).to(device) if task is Task.CTR else None
     worker = _Worker(
         cfg, task, rank, device, model, tokenizer, stepper, ds_cfg, yes_no, config.get("fault")
