@@ -3,7 +3,9 @@
 Each epoch: train on this worker's shard (``ray.train.get_dataset_shard("train")``), compute the
 global validation loss, and report metrics plus a checkpoint through ``ray.train.report``. On
 (re)start the latest checkpoint (``ray.train.get_checkpoint()``) restores the LoRA weights,
-optimiser state and early-stopping state, so training resumes at the next epoch.
+optimiser state and early-stopping state, so training resumes at the next epoch; each epoch's
+data order and dropout seed depend on (seed, rank, epoch) alone, so it resumes where an
+uninterrupted run would be.
 
 Checkpoint layout (one directory per epoch, merged from all workers' uploads):
 ``adapter/`` (this epoch's LoRA), ``best_adapter/`` (lowest validation loss so far),
