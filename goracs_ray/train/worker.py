@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,15 @@ from goracs_ray.train.core import (
 )
 from goracs_ray.train.ds_config import deepspeed_config
 
-__all__ = ["FaultInjection", "train_func"]
+__all__ = ["PAUSE_ENV", "FaultInjection", "train_func"]
 
 logger = logging.getLogger(__name__)
 
 _DS_TAG = "ds"
+
+PAUSE_ENV = "GORACS_TRAIN_PAUSE_AFTER_EPOCH"
+"""Test hook: once this epoch's checkpoint is committed, every worker sleeps (so a test can
+SIGKILL the driver between two epochs). Read by the workers: set it where Ray starts them."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,27 @@ class FaultInjection:
         if (rank, epoch, step) == (self.rank, self.epoch, self.step) and not os.path.exists(
             self.marker
         ):
-            import ray.train
-
-            ray.train.get_all_reported_checkpoints(
-                consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
-            )
+            _wait_for_commit()
             Path(self.marker).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
             os._exit(1)
+
+
+def _wait_for_commit() -> None:
+    """Block until Ray Train has registered every checkpoint this worker reported."""
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+    )
+
+
+def _maybe_pause(epoch: int) -> None:
+    """The :data:`PAUSE_ENV` test hook, after ``epoch`` was reported."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause is not None and epoch == int(pause):
+        _wait_for_commit()
+        logger.warning("%s=%s: pausing (test hook)", PAUSE_ENV, pause)
+        time.sleep(3600)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -341,3 +360,4 @@ def train_func(config: dict[str, Any]) -> None:
                 best=best,
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        _maybe_pause(epoch)
