@@ -3,7 +3,9 @@
 Each epoch: train on this worker's shard (``ray.train.get_dataset_shard("train")``), compute the
 global validation loss, and report metrics plus a checkpoint through ``ray.train.report``. On
 (re)start the latest checkpoint (``ray.train.get_checkpoint()``) restores the LoRA weights,
-optimiser state and early-stopping state, so training resumes at the next epoch.
+optimiser state and early-stopping state, so training resumes at the next epoch; each epoch's
+data order and dropout seed depend on (seed, rank, epoch) alone, so it resumes where an
+uninterrupted run would be.
 
 Checkpoint layout (one directory per epoch, merged from all workers' uploads):
 ``adapter/`` (this epoch's LoRA), ``best_adapter/`` (lowest validation loss so far),
@@ -15,6 +17,7 @@ engine checkpoint, frozen weights excluded, one optimiser shard per rank).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -40,11 +43,15 @@ from goracs_ray.train.core import (
 )
 from goracs_ray.train.ds_config import deepspeed_config
 
-__all__ = ["EpochGate", "FaultInjection", "train_func"]
+__all__ = ["PAUSE_ENV", "EpochGate", "FaultInjection", "train_func"]
 
 logger = logging.getLogger(__name__)
 
 _DS_TAG = "ds"
+
+PAUSE_ENV = "GORACS_TRAIN_PAUSE_AFTER_EPOCH"
+"""Test hook: once this epoch's checkpoint is committed, every worker sleeps (so a test can
+SIGKILL the driver between two epochs). Read by the workers: set it where Ray starts them."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,10 @@ class FaultInjection:
 
     The worker of ``rank`` exits abruptly (``os._exit``) after micro-batch ``step`` of ``epoch``
     if ``marker`` does not exist yet, creating it first, so the restarted run does not die again.
+    It first waits until Ray Train has committed every checkpoint reported so far: the restart
+    then resumes from the previous epoch's checkpoint. (Without the wait the worker may die
+    before the controller has collected its last report; that checkpoint is then never
+    registered and the restart trains from scratch.)
     """
 
     marker: str
@@ -64,6 +75,7 @@ class FaultInjection:
         if (rank, epoch, step) == (self.rank, self.epoch, self.step) and not os.path.exists(
             self.marker
         ):
+            _wait_for_commit()
             Path(self.marker).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
             os._exit(1)
 
@@ -85,6 +97,31 @@ class EpochGate:
             (root / f"epoch{epoch}-workers{world_size}").touch()
         while (root / f"hold{epoch}").exists():
             time.sleep(0.1)
+
+
+def _wait_for_commit() -> None:
+    """Block until Ray Train has registered every checkpoint this worker reported."""
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+    )
+
+
+def _maybe_pause(epoch: int) -> None:
+    """The :data:`PAUSE_ENV` test hook, after ``epoch`` was reported."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause is not None and epoch == int(pause):
+        _wait_for_commit()
+        logger.warning("%s=%s: pausing (test hook)", PAUSE_ENV, pause)
+        time.sleep(3600)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The torch seed of ``rank`` for ``epoch`` (dropout): a function of the epoch alone, so a
+    run resumed from a checkpoint draws what an uninterrupted run draws, and workers differ."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def _batches(
@@ -223,6 +260,7 @@ class _Worker:
     def epoch(self, epoch: int, train_shard, valid_shard) -> tuple[float, float]:
         """Train one epoch on this worker's shard; return the global (train, valid) losses."""
         cfg, fault, rank = self.cfg, self.fault, self.rank
+        torch.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         batches = _batches(
             train_shard,
             self.tokenizer,
@@ -287,7 +325,6 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
             use_gpu=config["use_gpu"],
             deepspeed=config["deepspeed"],
         )
-    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across workers
     yes_no = ctr_token_ids(tokenizer).to(device) if task is Task.CTR else None
     worker = _Worker(
         cfg, task, rank, device, model, tokenizer, stepper, ds_cfg, yes_no, config.get("fault")
@@ -347,3 +384,4 @@ def train_func(config: dict[str, Any]) -> None:
                 best=best,
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        _maybe_pause(epoch)
