@@ -466,7 +466,7 @@ def _write_manifest(
         "model": to_dict(model),
         "seconds": round(seconds, 2),
         "compute_seconds": _compute_seconds(out_dir, n_shards),
-        "column_bytes": _column_bytes(first, pool.num_rows),
+        "column_bytes": _column_bytes(_shard_path(out_dir, 0), pool.num_rows),
         "throughput_samples_per_s": round(pool.num_rows / max(seconds, 1e-9), 2),
         "shards_skipped_on_resume": skipped,
         "shards_by_node": dict(collections.Counter(nodes.values())),
@@ -486,13 +486,17 @@ def _compute_seconds(out_dir: Path, n_shards: int) -> dict[str, float]:
     return {part: round(sec, 4) for part, sec in total.items()}
 
 
-def _column_bytes(schema: pa.Schema, n_rows: int) -> dict[str, int]:
-    """In-memory bytes of each float column over all rows (N × width × 4 for float32)."""
+def _column_bytes(first_shard: Path, n_rows: int) -> dict[str, int]:
+    """In-memory bytes of each float column over all rows: N × width × 4 for float32, the width
+    of a list column (embedding (d,), grad_proj (k,)) read off the first shard's first row."""
+    table = pq.read_table(first_shard)
     out = {}
-    for field in schema:
+    for field in table.schema:
         t = field.type
-        if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type):
-            out[field.name] = n_rows * t.list_size * t.value_type.bit_width // 8
+        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+            if pa.types.is_floating(t.value_type) and table.num_rows:
+                width = len(table.column(field.name)[0].values)
+                out[field.name] = n_rows * width * t.value_type.bit_width // 8
         elif pa.types.is_floating(t):
             out[field.name] = n_rows * t.bit_width // 8
     return out
