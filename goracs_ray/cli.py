@@ -73,9 +73,10 @@ def build_parser(
 
 
 def quiet_ray_logs() -> None:
-    """The CLI's default: Ray Data's console lines at WARNING (its log file keeps everything),
-    no Hugging Face progress bars when stderr is not a terminal, and one Ray-internal
-    deprecation warning hidden.
+    """The CLI's default: Ray Data's console lines at WARNING (its log file keeps everything)
+    without the advisories about settings goracs_ray chose, no Hugging Face progress bars when
+    stderr is not a terminal, one Ray-internal deprecation warning hidden, and Ray's default
+    token auth made explicit (``RAY_AUTH_MODE=token``, so Ray does not announce it).
 
     Set before Ray is imported, so the driver and every worker of an embedded Ray read it; a
     value the user exported wins. Only the CLI does this: the library changes no Ray setting.
@@ -91,6 +92,9 @@ def quiet_ray_logs() -> None:
     os.environ.setdefault(
         "PYTHONWARNINGS", "ignore:`ExecutionOptions.exclude_resources` is deprecated"
     )
+    # Ray 2.60's default (token auth on, a token generated if none exists) made explicit, which
+    # spares the "token authentication is enabled by default" notice on every run.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

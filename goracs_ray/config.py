@@ -49,8 +49,14 @@ class RayConfig:
 class RunConfig:
     """A full run: prepare → model → features → select → finetune → evaluate → report."""
 
-    run_dir: Path = Path("runs/default")
-    """Directory (local path) holding every stage's artifacts, manifest.json and results.md."""
+    run_dir: str = "runs/default"
+    """Where every stage's artifacts, manifest.json and results.md go: a local directory, or a
+    ``pyarrow.fs`` URI (``s3://bucket/prefix``, ``gs://…``) to which each finished stage is
+    published under a commit marker (docs/operations.md, "Object storage")."""
+    staging_dir: Path | None = None
+    """With a URI ``run_dir``: the local directory stages are built in (default
+    ``~/.cache/goracs_ray/staging/<hash of run_dir>``). On a multi-node cluster it must be on
+    storage every node mounts, as the feature actors write their shards there."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """Interaction source and sample building (``goracs prepare``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -73,6 +79,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         import goracs_ray.select  # noqa: F401  (registers every baseline)
+
+        self.run_dir = os.fspath(self.run_dir)  # a URI must not go through Path ("s3:/b/x")
         from goracs_ray.select.registry import available_selectors
 
         methods = [self.select.method, *self.compare]

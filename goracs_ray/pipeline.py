@@ -48,6 +48,7 @@ from goracs_ray.models.config import ModelConfig, model_fingerprint
 from goracs_ray.results import ArmResult, headline_metric, results_table, write_results
 from goracs_ray.select.config import SelectConfig
 from goracs_ray.stages import StageGraph, StageRecord, stage_key
+from goracs_ray.storage import local_run_dir, open_mirror
 from goracs_ray.train.config import TrainConfig
 
 __all__ = [
@@ -229,8 +230,8 @@ def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
     # model path, give new keys (and a moved run dir keeps its cache).
     data = graph.run("prepare", {"inputs": input_key(cfg.data)}, [], prepare_samples)
     if cfg.model.path is not None:
-        model = cfg.model
-        weights = model_fingerprint(cfg.model.path, cache=hashes)
+        model = dataclasses.replace(cfg.model, path=cfg.model.local_path)  # a Hub id: its snapshot
+        weights = model_fingerprint(model.path, cache=hashes)
         model_key = stage_key("model", {"weights": weights})
     else:
         model = dataclasses.replace(cfg.model, path=run_dir / "model")
@@ -378,19 +379,38 @@ def start_run(cfg: RunConfig, *, force: bool = False) -> tuple[Path, StageGraph,
     from goracs_ray.raycluster import ensure_ray
 
     cfg.model.check_paths()  # before Ray starts
-    run_dir = Path(cfg.run_dir).resolve()
+    mirror = open_mirror(cfg.run_dir)  # a URI that cannot be opened fails here
+    run_dir = local_run_dir(cfg.run_dir, cfg.staging_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    graph = StageGraph(run_dir, force=force)
+    graph = StageGraph(run_dir, force=force, mirror=mirror)
+    graph.publish(["config.yaml"])
     return run_dir, graph, prepare_inputs(cfg, graph)
+
+
+def run_name(cfg: RunConfig) -> str:
+    """The last component of ``run_dir`` (a local path or a URI): the run's name in reports."""
+    return cfg.run_dir.rstrip("/").rsplit("/", 1)[-1]
+
+
+def publish_run(graph: StageGraph) -> None:
+    """Upload the run's top-level artifacts (config, manifest, results, plots) to the run_dir URI
+    (no-op for a local run_dir); each stage was published when it finished."""
+    names = [p.name for p in sorted(graph.run_dir.iterdir()) if p.is_file()]
+    graph.publish([n for n in names if not n.startswith(".")])
 
 
 def plan_run(cfg: RunConfig, arms: Sequence[Arm], *, force: bool = False) -> list[StageRecord]:
     """Every stage ``cfg`` and ``arms`` would run, with its key and whether its output is cached;
     nothing is built and Ray is not started (``goracs run --dry-run``)."""
     cfg.model.check_paths()
-    graph = StageGraph(Path(cfg.run_dir).resolve(), force=force, dry_run=True)
+    graph = StageGraph(
+        local_run_dir(cfg.run_dir, cfg.staging_dir),
+        force=force,
+        dry_run=True,
+        mirror=open_mirror(cfg.run_dir),
+    )
     inputs = prepare_inputs(cfg, graph)
     for arm in arms:
         run_arm(graph, cfg, inputs, arm)
@@ -437,11 +457,12 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False) -> RunResult:
             run_dir,
             results_table(results),
             metric=headline_metric(cfg.data.task.value),
-            title=f"goracs run: {run_dir.name}",
+            title=f"goracs run: {run_name(cfg)}",
             notes=_report_notes(cfg, inputs.samples_dir),
             poo_traces={r.method: r.poo_trace for r in results},
         )
         tracker.finish(run_dir, graph.records, seconds)
+        publish_run(graph)
     return RunResult(run_dir=run_dir, arms=results, stages=graph.records, results_md=results_md)
 
 

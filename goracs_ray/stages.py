@@ -15,10 +15,13 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from goracs_ray.configutil import to_dict
 from goracs_ray.io import atomic_dir, read_json, write_json
+
+if TYPE_CHECKING:
+    from goracs_ray.storage import RunMirror
 
 __all__ = ["StageGraph", "StageRecord", "run_stage", "stage_key"]
 
@@ -139,6 +142,9 @@ class StageGraph:
     """Every stage run so far, in order."""
     dry_run: bool = False
     """Only compute keys and whether each output is cached (``cached``); build nothing."""
+    mirror: RunMirror | None = None
+    """The remote copy of the run (``run_dir`` a URI): finished stages are pulled from it
+    before running and published to it after (:mod:`goracs_ray.storage`)."""
 
     def run(
         self,
@@ -155,10 +161,22 @@ class StageGraph:
             marker = self.run_dir / name / _MARKER
             done = read_json(marker) if marker.is_file() else {}
             cached = not self.force and done.get("key") == key
+            if not cached and not self.force and self.mirror is not None:
+                cached = self.mirror.marker_key(name) == key  # pulled, not built, when run
             seconds = float(done.get("seconds", 0.0)) if cached else 0.0
             record = StageRecord(name, key, str(self.run_dir / name), cached, seconds)
             self.records.append(record)
             return record
-        record = run_stage(name, self.run_dir / name, key, build, force=self.force, atomic=atomic)
+        out_dir = self.run_dir / name
+        if self.mirror is not None and not self.force:
+            self.mirror.pull_stage(name, key, out_dir)
+        record = run_stage(name, out_dir, key, build, force=self.force, atomic=atomic)
+        if self.mirror is not None:
+            self.mirror.push_stage(name, key, out_dir)
         self.records.append(record)
         return record
+
+    def publish(self, names: Sequence[str]) -> None:
+        """Upload the run's top-level files ``names`` to the mirror (no-op for a local run)."""
+        if self.mirror is not None:
+            self.mirror.push_files(self.run_dir, names)

@@ -167,7 +167,10 @@ class MlflowTracker(NullTracker):
         from mlflow.tracking import MlflowClient
 
         self.command = command
-        self.run_dir = Path(cfg.run_dir).resolve()
+        from goracs_ray.storage import is_uri, local_run_dir
+
+        self.run_dir = local_run_dir(cfg.run_dir, cfg.staging_dir)  # where the artifacts are built
+        where = cfg.run_dir if is_uri(cfg.run_dir) else str(self.run_dir)
         self.uri, self.run_id = uri, None
         try:
             self.client = MlflowClient(tracking_uri=uri)
@@ -179,12 +182,14 @@ class MlflowTracker(NullTracker):
             )
             tags = {
                 "goracs.command": command,
-                "goracs.run_dir": str(self.run_dir),
+                "goracs.run_dir": where,
                 "goracs.config_hash": config_hash(cfg),
             }
             if (sha := git_sha()) is not None:
                 tags["mlflow.source.git.commit"] = sha
-            run = self.client.create_run(self.experiment_id, run_name=self.run_dir.name, tags=tags)
+            run = self.client.create_run(
+                self.experiment_id, run_name=where.rstrip("/").rsplit("/", 1)[-1], tags=tags
+            )
             self.run_id = run.info.run_id
             self._log(self.run_id, params=flat_params(to_dict(cfg)))
         except Exception as exc:  # before any stage: a bad URI or an unreachable server

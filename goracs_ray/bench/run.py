@@ -27,7 +27,16 @@ from goracs_ray.bench.config import (
     MethodSpec,
 )
 from goracs_ray.io import read_json
-from goracs_ray.pipeline import Arm, Inputs, run_arms, selection_arm, start_run, write_manifest
+from goracs_ray.pipeline import (
+    Arm,
+    Inputs,
+    publish_run,
+    run_arms,
+    run_name,
+    selection_arm,
+    start_run,
+    write_manifest,
+)
 from goracs_ray.results import (
     ArmResult,
     Headroom,
@@ -142,7 +151,7 @@ def run_bench(
             run_dir,
             table,
             metric=metric,
-            title=f"goracs bench: {run_dir.name}",
+            title=f"goracs bench: {run_name(cfg)}",
             notes=_notes(cfg, card, n_train),
             sections=sections,
         )
@@ -151,6 +160,7 @@ def run_bench(
         seconds = time.perf_counter() - started
         write_manifest(cfg, run_dir, graph.records, seconds, mlflow=tracker.reference)
         tracker.finish(run_dir, graph.records, seconds)
+        publish_run(graph)
     return BenchResult(run_dir, table, results_md, seconds, room)
 
 

@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a base model (+ peft adapter) on SAMPLE_SCHEMA test samples; writes "
         "OUT/metrics.json and OUT/predictions.parquet.",
     )
-    p.add_argument("--model", help="base HF model dir (= model.path; default: the config's)")
+    p.add_argument(
+        "--model",
+        help="base HF model: a dir or a Hub repo id (= model.path; default: the config's)",
+    )
     p.add_argument("--adapter", help="peft adapter dir (omit to evaluate the base model)")
     p.add_argument("--test", required=True, help="test samples Parquet")
     p.add_argument("--items", help="catalog Parquet (ITEM_SCHEMA); required for SeqRec")

@@ -135,9 +135,16 @@ class _FeatureActor:
 
         node = ray.get_runtime_context().get_node_id()
         rows = []
+        writers = []
         for shard in batch["shard"].tolist():
-            self._maybe_hold(node)
             part = self.pool.slice(shard * self.cfg.rows_per_shard, self.cfg.rows_per_shard)
+            done = _shard_path(self.out_dir, shard)
+            if done.is_file():  # written (atomically) before this task was retried, e.g. after
+                # the node holding its result was lost: keep it rather than compute it again
+                writers.append(pq.read_schema(done).metadata[SHARD_NODE_KEY].decode())
+                rows.append(part.num_rows)
+                continue
+            self._maybe_hold(node)
             self._maybe_crash(part)
             cols = part.to_pydict()
             table = self.computer.compute(
@@ -145,12 +152,13 @@ class _FeatureActor:
             )
             meta = {**(table.schema.metadata or {}), SHARD_NODE_KEY: node.encode()}
             table = table.replace_schema_metadata(meta)
-            write_parquet(_shard_path(self.out_dir, shard), table)
+            write_parquet(done, table)
+            writers.append(node)
             rows.append(part.num_rows)
         return {
             "shard": batch["shard"],
             "rows": np.asarray(rows, dtype=np.int64),
-            "node": np.asarray([node] * len(rows), dtype=object),
+            "node": np.asarray(writers, dtype=object),
         }
 
 
@@ -257,7 +265,7 @@ def _resolve_model(
 ) -> tuple[Path, Path | None]:
     from goracs_ray.models.tiny import build_model
 
-    model_path = model.path
+    model_path = model.local_path
     if model_path is None:
         model_path = out_dir / "tiny_model"
         if not (model_path / "config.json").is_file():

@@ -50,8 +50,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--model",
         type=Path,
-        help="base HF model dir (= model.path; default: the config's, else a tiny model built "
-        "from the samples' catalog into OUT/tiny_model)",
+        help="base HF model: a dir or a Hub repo id (= model.path; default: the config's, "
+        "else a tiny model built from the samples' catalog into OUT/tiny_model)",
     )
     p.add_argument(
         "--task", choices=[t.value for t in Task], help="default: the samples' `task` column"

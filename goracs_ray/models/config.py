@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 from pathlib import Path
 
 __all__ = [
@@ -118,9 +119,14 @@ class ModelConfig:
     """The base LLM and its adapter, for every stage (features, fine-tuning, evaluation)."""
 
     path: Path | None = None
-    """HF causal-LM directory (LLaMA, Qwen, …). ``None``: build a tiny LLaMA-architecture model
-    and BPE tokenizer pretrained on the prepared catalog's item text only (titles, years,
-    genres), never on the samples: it knows the items, not the users (CPU demos and tests)."""
+    """HF causal LM (LLaMA, Qwen, …): a local directory, or a Hub repo id such as
+    ``meta-llama/Llama-2-7b-hf`` (fetched once into the HF cache; ``HF_TOKEN`` for gated
+    models, ``HF_HUB_OFFLINE=1`` to use the cache only). ``None``: build a tiny
+    LLaMA-architecture model and BPE tokenizer pretrained on the prepared catalog's item text
+    only (titles, years, genres), never on the samples: it knows the items, not the users (CPU
+    demos and tests)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when ``path`` is a Hub repo id; default ``main``."""
     tiny: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
     """Size and pretraining of the tiny model (used only when ``path`` is None)."""
     seed: int = 0
@@ -174,10 +180,11 @@ class ModelConfig:
         FileNotFoundError
             Naming the field and what the directory lacks.
         """
-        if self.path is not None and not (Path(self.path) / "config.json").is_file():
+        if self.path is not None and not (self.local_path / "config.json").is_file():
             raise FileNotFoundError(
                 f"`model.path` `{self.path}` is not a HF model dir (no config.json); give a "
-                "directory saved by `save_pretrained`, or leave it null to build the tiny model"
+                "directory saved by `save_pretrained` or a Hub repo id (`owner/name`), or "
+                "leave it null to build the tiny model"
             )
         if (
             self.adapter_path is not None
@@ -189,6 +196,12 @@ class ModelConfig:
             )
 
     @property
+    def local_path(self) -> Path | None:
+        """``path`` as a local directory: itself, or a Hub repo id's snapshot in the HF cache
+        (:func:`local_model_dir`); None when ``path`` is None."""
+        return None if self.path is None else local_model_dir(self.path, self.revision)
+
+    @property
     def resolved_path(self) -> Path:
         """``path``, which must be set by now (the pipeline builds the tiny model first), after
         :meth:`check_paths`."""
@@ -198,7 +211,7 @@ class ModelConfig:
                 "(`goracs model tiny --samples DIR --out MODEL`, or run the whole pipeline)"
             )
         self.check_paths()
-        return Path(self.path)
+        return local_model_dir(self.path, self.revision)
 
     def wants_gpu(self, gpus_available: bool) -> bool:
         """Whether a stage uses GPUs, given whether the cluster (or process) has any.
@@ -254,6 +267,44 @@ class ModelConfig:
     def features_zero_stage(self) -> int | None:
         """ZeRO stage of the features actors' DeepSpeed engine (None: plain torch)."""
         return self.deepspeed if isinstance(self.deepspeed, int) else None
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_IGNORE = ["*.pth", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "original/*"]
+
+
+def is_hub_id(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` reads as a Hub repo id (``owner/name``) and names no local path."""
+    return not Path(path).exists() and bool(_HUB_ID.match(os.fspath(path)))
+
+
+def local_model_dir(path: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A local model directory for ``path``: ``path`` itself, or, for a Hub repo id, its
+    snapshot in the HF cache, downloaded on first use (``huggingface_hub.snapshot_download``:
+    cached, resumable, offline with ``HF_HUB_OFFLINE=1``; other formats than safetensors/bin
+    are skipped). On a multi-node cluster each node fetches into its own cache unless
+    ``HF_HOME`` is shared storage.
+
+    Raises
+    ------
+    FileNotFoundError
+        The repo id cannot be fetched (unknown, gated without ``HF_TOKEN``, offline and not
+        cached), naming ``model.path`` and the fix.
+    """
+    if not is_hub_id(path):
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    repo = os.fspath(path)
+    try:
+        return Path(snapshot_download(repo, revision=revision, ignore_patterns=_HUB_IGNORE))
+    except Exception as e:  # offline, unknown, gated, network: one error naming the field
+        raise FileNotFoundError(
+            f"`model.path` `{repo}` is not a local directory and could not be fetched from the "
+            f"Hugging Face Hub ({type(e).__name__}: {e}). Give a local model directory, check "
+            "the repo id and `model.revision`, set HF_TOKEN for a gated model, or fetch it once "
+            f"with network access (`hf download {repo}`) before running offline"
+        ) from e
 
 
 def model_fingerprint(path: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None):

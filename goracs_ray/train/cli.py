@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune a HF causal LM with LoRA on SAMPLE_SCHEMA Parquet samples; writes "
         "OUT/adapter (peft), OUT/train_metrics.json and OUT/checkpoints (Ray Train storage).",
     )
-    p.add_argument("--model", help="base HF model dir (= model.path; default: the config's)")
+    p.add_argument(
+        "--model",
+        help="base HF model: a dir or a Hub repo id (= model.path; default: the config's)",
+    )
     p.add_argument("--train", required=True, help="training samples Parquet (e.g. the coreset)")
     p.add_argument("--valid", required=True, help="validation samples Parquet")
     p.add_argument("--out", required=True, help="output dir")

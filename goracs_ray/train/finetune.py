@@ -118,7 +118,7 @@ def _trainer(
             # Ray Train's own lines follow the driver's `ray` log level (ray.init(logging_level=…)):
             # INFO by default, WARNING under the goracs CLI unless -v.
             logging_config=ray.train.LoggingConfig(
-                log_level=logging.getLevelName(logging.getLogger("ray.train").getEffectiveLevel())
+                log_level=logging.getLevelName(loop_config["log_level"])
             ),
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -229,6 +229,7 @@ def finetune(
         "deepspeed": deepspeed,
         "fault": fault,
         "gate": gate,
+        "log_level": logging.getLogger("ray.train").getEffectiveLevel(),
     }
     trainer = _trainer(
         cfg,

@@ -332,15 +332,28 @@ def _start(config: dict[str, Any]) -> tuple[_Worker, EarlyStopping, dict | None]
     return worker, stopper, best
 
 
+def _report_lines_follow(level: int) -> None:
+    """Ray Train 2.60 logs each ``ray.train.report`` call ("Reporting training result N: …")
+    through a logger named by its source file's path, so the run's
+    ``LoggingConfig(log_level=…)`` misses it: give it the run's level."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its lines stay as Ray logs them
+        return
+    logging.getLogger(context.__file__).setLevel(level)
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Per-worker training loop (``train_loop_config`` built by `goracs_ray.train.finetune`).
 
     Keys: ``cfg`` (TrainConfig), ``model`` (ModelConfig: LoRA settings or start adapter),
     ``task`` (Task value), ``model_path`` (str), ``use_gpu`` (bool), ``deepspeed`` (ZeRO stage,
-    JSON path or None), ``fault`` (FaultInjection or None), ``gate`` (EpochGate or None).
+    JSON path or None), ``fault`` (FaultInjection or None), ``gate`` (EpochGate or None),
+    ``log_level`` (int: the level of Ray Train's lines, the driver's ``ray.train`` level).
     """
     import ray.train
 
+    _report_lines_follow(config.get("log_level", logging.INFO))
     torch.set_num_threads(config["cfg"].worker_threads)
     w, stopper, best = _start(config)
     train_shard = ray.train.get_dataset_shard("train")

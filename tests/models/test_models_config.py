@@ -92,3 +92,44 @@ def test_without_deepspeed_installed_auto_is_ddp_and_a_stage_is_refused(monkeypa
     assert "goracs_ray[deepspeed]" in caplog.text
     with pytest.raises(ValueError, match=r"goracs_ray\[deepspeed\]"):
         ModelConfig(deepspeed=2).deepspeed_setting(on_gpu=False)
+
+
+def _hub_cache(root: Path, repo: str, model_dir: Path) -> Path:
+    """The HF cache layout huggingface_hub writes for ``repo`` at ``main``: a snapshot of
+    ``model_dir`` under ``models--owner--name/snapshots/<commit>``."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    shutil.copytree(model_dir, snapshot)
+    return snapshot
+
+
+def test_a_hub_repo_id_resolves_to_its_snapshot_and_an_unknown_one_names_the_fix(
+    tmp_path, monkeypatch, tiny_model_dir
+):
+    import huggingface_hub.constants as hub
+
+    from goracs_ray.models.config import is_hub_id
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # the cache only: no network in tests
+    snapshot = _hub_cache(tmp_path / "hub", "goracs-test/tiny-llama", tiny_model_dir)
+    monkeypatch.chdir(tmp_path)
+
+    model = from_dict(ModelConfig, {"path": "goracs-test/tiny-llama"})
+    model.check_paths()
+    assert model.resolved_path == snapshot
+    assert model.local_path == snapshot
+    assert is_hub_id("goracs-test/tiny-llama")
+    (tmp_path / "goracs-test" / "tiny-llama").mkdir(parents=True)
+    assert not is_hub_id("goracs-test/tiny-llama")  # a local dir of that name wins
+    for local in ("/abs/dir", "./a/b", "a/b/c"):
+        assert not is_hub_id(local)
+
+    missing = from_dict(ModelConfig, {"path": "goracs-test/not-cached"})
+    with pytest.raises(FileNotFoundError, match=r"model.path.*goracs-test/not-cached.*HF_TOKEN"):
+        missing.check_paths()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -40,7 +41,7 @@ def first_run(bench_yaml, ray_local):
         assert main(["bench", str(bench_yaml)]) == 0
     if not had_opt_in:  # the tracker opted into MLflow's file store
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
-    return load_bench_config(bench_yaml).run_dir
+    return Path(load_bench_config(bench_yaml).run_dir)
 
 
 def test_a_tracked_bench_has_a_nested_run_per_arm(first_run, bench_yaml):

@@ -109,7 +109,7 @@ def submitted_run(toy_config_file, tmp_path_factory):
             assert time.monotonic() < deadline, "job did not finish in 15 min"
             time.sleep(2)
         logs = client.get_job_logs(job)
-    return status, logs, load_config(toy_config_file).run_dir
+    return status, logs, Path(load_config(toy_config_file).run_dir)
 
 
 def test_goracs_run_through_the_jobs_api_produces_all_artifacts(submitted_run):

@@ -189,7 +189,29 @@ def reference(tmp_path_factory, make_toy_run_config) -> dict:
         "coreset": _coreset(run_dir),
         "metrics": _metrics(run_dir),
         "train": read_json(run_dir / "finetune" / ARM / "train_metrics.json")["epochs"],
+        "log": (root / "reference.log").read_text(errors="replace"),
     }
+
+
+# Lines of Ray, Ray Data and Ray Train that a default `goracs run` must not print (issue 17).
+NOISE = [
+    "Execution plan of Dataset",  # Ray Data plans (console at WARNING under the CLI)
+    "Progress bars disabled",  # Ray's advice about bars goracs_ray turned off on purpose
+    "Reporting training result",  # Ray Train's per-report line (run's log level: WARNING)
+    "Token authentication is enabled",  # Ray's notice of its own default (made explicit)
+    "exclude_resources",  # Ray Train's use of a deprecated Ray Data option
+    "Traceback",
+]
+
+
+def test_a_default_run_log_is_goracs_lines_and_warnings_that_matter(reference):
+    """The uninterrupted reference run (one arm, two epochs) at the default log level."""
+    lines = reference["log"].splitlines()
+    for noise in NOISE:
+        assert not [line for line in lines if noise in line], noise
+    assert any("goracs_ray.stages: stage features: running" in line for line in lines)
+    assert any("epoch 1: train loss" in line for line in lines)  # the worker's own lines stay
+    assert len(lines) <= 40, "\n".join(lines)
 
 
 def _kill_and_rerun(
