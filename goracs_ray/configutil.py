@@ -171,6 +171,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is Path:
         if not isinstance(value, (str, os.PathLike)):
             raise ValueError(f"`{where}` must be a path, got {value!r}")
+        if isinstance(value, str) and "://" in value:
+            return value  # a URI (s3://…) stays a string: Path() would fold its "//"
         return Path(value)
     return value
 

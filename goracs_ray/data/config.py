@@ -78,12 +78,13 @@ class SourceConfig:
     path: Path | None = None
     """Interactions: ml-100k/recbole: directory holding ``<name>.inter``/``.item`` (or the
     ``.inter`` file itself); amazon: the 5-core reviews file; table: the Parquet/CSV file.
-    ml-100k: ``None`` uses the cache (fetched on first use)."""
+    ml-100k: ``None`` uses the cache (fetched on first use). A pyarrow.fs URI
+    (``s3://bucket/events.parquet``) is fetched into ``cache_dir`` (again when it changes)."""
     items_path: Path | None = None
     """Item titles: amazon: the ``meta_*.json(.gz)`` file; table: the Parquet/CSV item table;
     recbole: overrides ``<name>.item``."""
     cache_dir: Path | None = None
-    """ml-100k cache; ``None`` → ``$GORACS_CACHE_DIR`` or ``~/.cache/goracs_ray``."""
+    """ml-100k and URI-input cache; ``None`` → ``$GORACS_CACHE_DIR`` or ``~/.cache/goracs_ray``."""
     columns: ColumnMap = dataclasses.field(default_factory=ColumnMap)
     """Column mapping (recbole, table)."""
     min_title_length: int = 2

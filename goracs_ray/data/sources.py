@@ -12,6 +12,7 @@ import contextlib
 import csv
 import dataclasses
 import logging
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from goracs_ray.data.config import ColumnMap, OnIssue, SourceConfig, SourceKind
-from goracs_ray.data.fetch import resolve_ml100k
+from goracs_ray.data.fetch import default_cache_dir, resolve_ml100k
 
 __all__ = ["Interactions", "load_source", "source_files"]
 
@@ -48,8 +49,24 @@ class Interactions:
     them (``source.columns.year``/``genres``); None when it has neither."""
 
 
+def _local_inputs(cfg: SourceConfig) -> SourceConfig:
+    """``cfg`` with its ``path``/``items_path`` URIs (``s3://…``, any pyarrow.fs URI) replaced by
+    local copies in the cache (:func:`goracs_ray.storage.fetch_input`)."""
+    from goracs_ray.storage import fetch_input, is_uri
+
+    cache = cfg.cache_dir or default_cache_dir()
+    local = {
+        name: fetch_input(os.fspath(value), cache, field=f"source.{name}")
+        for name in ("path", "items_path")
+        if is_uri(value := getattr(cfg, name))
+    }
+    return dataclasses.replace(cfg, **local) if local else cfg
+
+
 def source_files(cfg: SourceConfig) -> tuple[Path, Path]:
-    """The (interactions, items) files a source reads; fetches ml-100k into the cache if needed."""
+    """The (interactions, items) files a source reads; fetches ml-100k into the cache, and
+    URI inputs into a local copy, if needed."""
+    cfg = _local_inputs(cfg)
     if cfg.kind is SourceKind.ML_100K:
         folder = resolve_ml100k(cfg.path, cache_dir=cfg.cache_dir)
         return folder / "ml-100k.inter", folder / "ml-100k.item"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -51,6 +52,10 @@ def _s3():
     return pafs.FileSystem.from_uri(f"s3://{BUCKET}")[0]
 
 
+def _upload(local: Path, key: str) -> None:
+    pafs.copy_files(str(local), f"{BUCKET}/{key}", destination_filesystem=_s3())
+
+
 def _remote_json(path: str) -> dict:
     with _s3().open_input_stream(f"{BUCKET}/{path}") as f:
         return json.loads(f.read().decode())
@@ -64,6 +69,9 @@ def test_a_run_on_s3_publishes_every_stage_and_a_fresh_machine_reuses_them(
 
     monkeypatch.chdir(tmp_path)
     cfg = make_toy_run_config(tmp_path)
+    _upload(Path(cfg["data"]["source"]["path"]), "inputs/toy")  # the interactions in the bucket
+    cfg["data"]["source"]["path"] = f"s3://{BUCKET}/inputs/toy"
+    cfg["data"]["source"]["cache_dir"] = str(tmp_path / "input-cache")
     cfg["run_dir"] = f"s3://{BUCKET}/toy"
     cfg["staging_dir"] = str(tmp_path / "machine-a")
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
@@ -127,3 +135,34 @@ def test_a_uri_that_cannot_be_opened_fails_before_any_work(s3_endpoint, tmp_path
         open_mirror("s3://no-such-bucket/x")
     with pytest.raises(ValueError, match=r"run_dir: nosuchscheme://x"):
         open_mirror("nosuchscheme://x")
+
+
+def test_an_input_uri_is_fetched_once_and_again_when_it_changes(s3_endpoint, tmp_path):
+    from goracs_ray.data.config import SourceConfig, SourceKind
+    from goracs_ray.data.sources import source_files
+
+    folder = tmp_path / "events"
+    folder.mkdir()
+    (folder / "e.csv").write_text("user_id,item_id,rating,timestamp\nu1,i1,5,1\n")
+    (folder / "i.csv").write_text("item_id,title\ni1,Film\n")
+    _upload(folder, "fetch/events")
+    uri = f"s3://{BUCKET}/fetch/events"
+    source = SourceConfig(
+        kind=SourceKind.TABLE,
+        path=f"{uri}/e.csv",
+        items_path=f"{uri}/i.csv",
+        cache_dir=tmp_path / "c",
+    )
+    inter, items = source_files(source)
+    assert inter.read_text() == (folder / "e.csv").read_text()
+    assert items.read_text() == "item_id,title\ni1,Film\n"
+    stamp = inter.stat().st_mtime_ns
+    assert source_files(source)[0].stat().st_mtime_ns == stamp  # unchanged: not fetched again
+
+    (folder / "e.csv").write_text("user_id,item_id,rating,timestamp\nu1,i1,4,2\nu2,i1,3,3\n")
+    _upload(folder / "e.csv", "fetch/events/e.csv")
+    assert source_files(source)[0].read_text() == (folder / "e.csv").read_text()
+
+    missing = SourceConfig(kind=SourceKind.TABLE, path=f"{uri}/nope.csv", items_path=f"{uri}/i.csv")
+    with pytest.raises(FileNotFoundError, match=r"source.path.*nope.csv.*does not exist"):
+        source_files(missing)
