@@ -36,8 +36,11 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _env() -> dict[str, str]:
-    """This environment without PYTHON* variables (PYTHONPATH would put the checkout first)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    """This environment without PYTHON* variables (PYTHONPATH would put the checkout first) and
+    without the Makefile's PIP_CONSTRAINT (a user installing the wheel has no such pins)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "PIP_CONSTRAINT"
+    }
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     return env
 
@@ -148,3 +151,35 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
     )
     where = _run([python, "-c", "import goracs_ray; print(goracs_ray.__file__)"], cwd=tmp_path)
     assert Path(where.strip()).resolve().is_relative_to(venv.resolve()), where
+
+    # The installed CLI selects a coreset from plain .npy features (no Ray, no model).
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.normal(size=(40, 4)).astype(np.float32))
+    np.save(tmp_path / "valid.npy", rng.normal(size=(10, 4)).astype(np.float32))
+    np.save(tmp_path / "grads.npy", rng.lognormal(size=40).astype(np.float32))
+    args = ["select", "--train", "train.npy", "--valid", "valid.npy", "--grad-norms", "grads.npy"]
+    _run([venv / "bin" / "goracs", *args, "--budget", "8", "--out", "coreset"], cwd=tmp_path)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "coreset" / "coreset.parquet").num_rows == 8
+
+
+def test_installing_keeps_the_environments_numpy_and_pandas(wheel, tmp_path):
+    """`pip install` into an environment that already has every dependency, numpy and pandas at
+    other patch versions than constraints.txt pins, installs goracs_ray and nothing else."""
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    _run([*pip, "install", "--quiet", "--no-deps", "numpy==2.4.5", "pandas==3.1.0"], cwd=tmp_path)
+    site_dir = Path(sysconfig.get_path("purelib", vars={"base": venv, "platbase": venv}))
+    # Every other dependency from this test's environment, after the venv's own numpy/pandas.
+    (site_dir / "_goracs_test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    report = tmp_path / "report.json"
+    _run([*pip, "install", "--dry-run", "--report", report, wheel], cwd=tmp_path)
+    import json
+
+    planned = {i["metadata"]["name"] for i in json.loads(report.read_text())["install"]}
+    assert {canonicalize_name(n) for n in planned} == {"goracs-ray"}, planned
