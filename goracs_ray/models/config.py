@@ -119,12 +119,13 @@ class ModelConfig:
     """The base LLM and its adapter, for every stage (features, fine-tuning, evaluation)."""
 
     path: Path | None = None
-    """HF causal LM (LLaMA, Qwen, …): a local directory, or a Hub repo id such as
+    """HF causal LM (LLaMA, Qwen, …): a local directory, a Hub repo id such as
     ``meta-llama/Llama-2-7b-hf`` (fetched once into the HF cache; ``HF_TOKEN`` for gated
-    models, ``HF_HUB_OFFLINE=1`` to use the cache only). ``None``: build a tiny
-    LLaMA-architecture model and BPE tokenizer pretrained on the prepared catalog's item text
-    only (titles, years, genres), never on the samples: it knows the items, not the users (CPU
-    demos and tests)."""
+    models, ``HF_HUB_OFFLINE=1`` to use the cache only), or a pyarrow.fs URI of a model
+    directory (``s3://bucket/models/llama``, copied into ``$GORACS_CACHE_DIR``). ``None``:
+    build a tiny LLaMA-architecture model and BPE tokenizer pretrained on the prepared
+    catalog's item text only (titles, years, genres), never on the samples: it knows the
+    items, not the users (CPU demos and tests)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) when ``path`` is a Hub repo id; default ``main``."""
     tiny: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
@@ -279,8 +280,10 @@ def is_hub_id(path: str | os.PathLike[str]) -> bool:
 
 
 def local_model_dir(path: str | os.PathLike[str], revision: str | None = None) -> Path:
-    """A local model directory for ``path``: ``path`` itself, or, for a Hub repo id, its
-    snapshot in the HF cache, downloaded on first use (``huggingface_hub.snapshot_download``:
+    """A local model directory for ``path``: ``path`` itself; for a pyarrow.fs URI
+    (``s3://bucket/models/llama``) a copy in ``$GORACS_CACHE_DIR`` (fetched again when a file
+    changes: :func:`goracs_ray.storage.fetch_input`); for a Hub repo id, its snapshot in the HF
+    cache, downloaded on first use (``huggingface_hub.snapshot_download``:
     cached, resumable, offline with ``HF_HUB_OFFLINE=1``; other formats than safetensors/bin
     are skipped). On a multi-node cluster each node fetches into its own cache unless
     ``HF_HOME`` is shared storage.
@@ -291,6 +294,12 @@ def local_model_dir(path: str | os.PathLike[str], revision: str | None = None) -
         The repo id cannot be fetched (unknown, gated without ``HF_TOKEN``, offline and not
         cached), naming ``model.path`` and the fix.
     """
+    from goracs_ray.storage import fetch_input, is_uri
+
+    if is_uri(path):  # s3://bucket/models/llama: a local copy in the cache, kept current
+        from goracs_ray.data.fetch import default_cache_dir
+
+        return fetch_input(os.fspath(path), default_cache_dir(), field="model.path")
     if not is_hub_id(path):
         return Path(path)
     from huggingface_hub import snapshot_download

@@ -166,3 +166,24 @@ def test_an_input_uri_is_fetched_once_and_again_when_it_changes(s3_endpoint, tmp
     missing = SourceConfig(kind=SourceKind.TABLE, path=f"{uri}/nope.csv", items_path=f"{uri}/i.csv")
     with pytest.raises(FileNotFoundError, match=r"source.path.*nope.csv.*does not exist"):
         source_files(missing)
+
+
+def test_a_model_uri_is_copied_into_the_cache_and_loads(
+    s3_endpoint, tmp_path, monkeypatch, tiny_model_dir
+):
+    from goracs_ray.configutil import from_dict
+    from goracs_ray.models.config import ModelConfig
+    from goracs_ray.models.lm import load_causal_lm
+
+    monkeypatch.setenv("GORACS_CACHE_DIR", str(tmp_path / "cache"))
+    _upload(tiny_model_dir, "models/tiny")
+    model = from_dict(ModelConfig, {"path": f"s3://{BUCKET}/models/tiny"})
+    assert model.path == f"s3://{BUCKET}/models/tiny"  # not folded into a local `s3:/…` path
+    model.check_paths()
+    local = model.resolved_path
+    assert local.is_relative_to(tmp_path / "cache")
+    assert sorted(p.name for p in local.iterdir()) == sorted(
+        p.name for p in tiny_model_dir.iterdir()
+    )
+    lm, tokenizer = load_causal_lm(local)
+    assert lm.config.vocab_size == len(tokenizer)
