@@ -45,7 +45,9 @@ __all__ = [
     "INSTALL_HINT",
     "MlflowTracker",
     "NullTracker",
+    "TensorBoardTracker",
     "TrackingConfig",
+    "arm_record",
     "flat_params",
     "import_mlflow",
     "metric_name",
@@ -74,6 +76,10 @@ class TrackingConfig:
     local path (MLflow's file store, opted into for you). None: no tracking."""
     experiment: str = "goracs"
     """MLflow experiment of the runs (created when missing)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files, one directory per arm under ``<run_dir>/tensorboard``
+    (with a URI ``run_dir``: under its staging dir), with the same scalars as the MLflow arm runs
+    (``tensorboard --logdir <run_dir>/tensorboard``; needs the ``tensorboard`` package)."""
 
     def __post_init__(self) -> None:
         uri = self.mlflow_uri
@@ -87,8 +93,8 @@ class TrackingConfig:
 
     @property
     def enabled(self) -> bool:
-        """Whether runs are tracked (``mlflow_uri`` is set)."""
-        return self.mlflow_uri is not None
+        """Whether runs are tracked (``mlflow_uri`` set or ``tensorboard`` on)."""
+        return self.mlflow_uri is not None or self.tensorboard
 
 
 def import_mlflow():
@@ -249,9 +255,6 @@ class MlflowTracker(NullTracker):
             logger.warning("tracking: logging arm %s to MLflow failed", arm.path, exc_info=True)
 
     def _log_arm(self, arm: Arm, result: ArmResult, records: Sequence[StageRecord]) -> None:
-        from goracs_ray.io import read_json
-
-        sel_dir, ft_dir, ev_dir = (self.run_dir / s / arm.path for s in _ARM_STAGES)
         tags = {
             "mlflow.parentRunId": self.run_id,
             "goracs.arm": arm.path,
@@ -259,34 +262,8 @@ class MlflowTracker(NullTracker):
         }
         tags.update(_stage_tags(records, [f"{s}/{arm.path}" for s in _ARM_STAGES]))
         run = self.client.create_run(self.experiment_id, run_name=arm.path, tags=tags)
-        params = {
-            "method": arm.name,
-            "budget": str(result.budget),
-            "seed": str(result.seed),
-            "train_seed": str(arm.train_seed),
-        }
-        if arm.select is not None:
-            params["select.method"] = arm.select.method
-            params.update(flat_params({"options": arm.select_key.get("options", {})}))
-        metrics: list[tuple[str, float, int]] = []
-        if (sel_dir / "selection_trace.json").is_file() and arm.select is not None:
-            parts = read_json(sel_dir / "selection_trace.json").get("info", {}).get("parts", [])
-            for part in parts:
-                name = "poo" if len(parts) == 1 else metric_name(f"poo/{part['class']}")
-                metrics += [(name, v, k) for k, v in enumerate(part.get("poo_trace", []))]
-        train = read_json(ft_dir / "train_metrics.json")
-        for epoch in train.get("epochs", []):
-            for key in ("train_loss", "valid_loss"):
-                metrics.append((key, epoch[key], int(epoch["epoch"])))
-        for key in ("best_valid_loss", "best_epoch"):
-            if _is_number(train.get(key)):
-                metrics.append((key, train[key], 0))
-        final = read_json(ev_dir / "metrics.json")
-        params["n_test"] = str(final.get("n"))
-        for key, value in final.items():
-            if key not in _NOT_METRICS and _is_number(value):
-                metrics.append((metric_name(key), value, 0))
-        metrics += [(f"seconds/{k}", v, 0) for k, v in result.seconds.items()]
+        params, metrics = arm_record(self.run_dir, arm, result)
+        sel_dir, ft_dir, ev_dir = (self.run_dir / s / arm.path for s in _ARM_STAGES)
         self._log(run.info.run_id, params=params, metrics=metrics)
         files = ("metrics.json", "train_metrics.json", "selection_trace.json")
         self._artifacts(run.info.run_id, [d / f for d, f in zip((ev_dir, ft_dir, sel_dir), files)])
@@ -316,6 +293,101 @@ class MlflowTracker(NullTracker):
             self.client.set_terminated(self.run_id, status=status)
         except Exception:
             logger.warning("tracking: ending MLflow run %s failed", self.run_id, exc_info=True)
+
+
+def arm_record(
+    run_dir: Path, arm: Arm, result: ArmResult
+) -> tuple[dict[str, str], list[tuple[str, float, int]]]:
+    """What a tracker logs of one finished arm, read from its artifacts: params (method,
+    budget, seeds, the method's options, ``n_test``) and ``(name, value, step)`` metrics (the
+    POO trace, per-epoch losses, final metrics, stage seconds)."""
+    from goracs_ray.io import read_json
+
+    sel_dir, ft_dir, ev_dir = (run_dir / s / arm.path for s in _ARM_STAGES)
+    params = {
+        "method": arm.name,
+        "budget": str(result.budget),
+        "seed": str(result.seed),
+        "train_seed": str(arm.train_seed),
+    }
+    if arm.select is not None:
+        params["select.method"] = arm.select.method
+        params.update(flat_params({"options": arm.select_key.get("options", {})}))
+    metrics: list[tuple[str, float, int]] = []
+    if (sel_dir / "selection_trace.json").is_file() and arm.select is not None:
+        parts = read_json(sel_dir / "selection_trace.json").get("info", {}).get("parts", [])
+        for part in parts:
+            name = "poo" if len(parts) == 1 else metric_name(f"poo/{part['class']}")
+            metrics += [(name, v, k) for k, v in enumerate(part.get("poo_trace", []))]
+    train = read_json(ft_dir / "train_metrics.json")
+    for epoch in train.get("epochs", []):
+        for key in ("train_loss", "valid_loss"):
+            metrics.append((key, epoch[key], int(epoch["epoch"])))
+    for key in ("best_valid_loss", "best_epoch"):
+        if _is_number(train.get(key)):
+            metrics.append((key, train[key], 0))
+    final = read_json(ev_dir / "metrics.json")
+    params["n_test"] = str(final.get("n"))
+    for key, value in final.items():
+        if key not in _NOT_METRICS and _is_number(value):
+            metrics.append((metric_name(key), value, 0))
+    metrics += [(f"seconds/{k}", v, 0) for k, v in result.seconds.items()]
+    return params, metrics
+
+
+class TensorBoardTracker(NullTracker):
+    """TensorBoard event files: ``<run_dir>/tensorboard/<arm>/`` with each arm's scalars (as
+    :func:`arm_record`) and its params as a text summary."""
+
+    def __init__(self, cfg: Any) -> None:
+        from goracs_ray.storage import local_run_dir
+
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError(
+                "`tracking.tensorboard` is on but the `tensorboard` package is not installed: "
+                f"{INSTALL_HINT} (or `pip install tensorboard`), or set `tracking.tensorboard: "
+                "false`"
+            ) from None
+        self.writer_class = SummaryWriter
+        self.run_dir = local_run_dir(cfg.run_dir, cfg.staging_dir)
+        self.logdir = self.run_dir / "tensorboard"
+
+    def log_arm(self, arm: Arm, result: ArmResult, records: Sequence[StageRecord]) -> None:
+        """One event file per (re-)run of ``arm``; errors are warnings, never a failed run."""
+        try:
+            params, metrics = arm_record(self.run_dir, arm, result)
+            writer = self.writer_class(log_dir=str(self.logdir / arm.path))
+            try:
+                writer.add_text("params", "\n".join(f"    {k}: {v}" for k, v in params.items()))
+                for name, value, step in metrics:
+                    writer.add_scalar(name, value, global_step=step)
+            finally:
+                writer.close()
+        except Exception:
+            logger.warning(
+                "tracking: writing arm %s to TensorBoard failed", arm.path, exc_info=True
+            )
+
+
+class _Trackers(NullTracker):
+    """Every enabled tracker, called in turn; ``reference`` is MLflow's."""
+
+    def __init__(self, trackers: Sequence[NullTracker]) -> None:
+        self.trackers = list(trackers)
+
+    def log_arm(self, arm: Arm, result: ArmResult, records: Sequence[StageRecord]) -> None:
+        for tracker in self.trackers:
+            tracker.log_arm(arm, result, records)
+
+    def finish(self, run_dir: Path, records: Sequence[StageRecord], seconds: float) -> None:
+        for tracker in self.trackers:
+            tracker.finish(run_dir, records, seconds)
+
+    @property
+    def reference(self) -> dict[str, str] | None:
+        return next((t.reference for t in self.trackers if t.reference is not None), None)
 
 
 _ARM_STAGES = ("select", "finetune", "evaluate")
@@ -353,9 +425,13 @@ def start_tracking(cfg: Any, *, command: str) -> Iterator[NullTracker]:
     if not cfg.tracking.enabled:
         yield NullTracker()
         return
+    board = [TensorBoardTracker(cfg)] if cfg.tracking.tensorboard else []
+    if cfg.tracking.mlflow_uri is None:
+        yield _Trackers(board)
+        return
     tracker = MlflowTracker(cfg, command=command)
     try:
-        yield tracker
+        yield _Trackers([tracker, *board])
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise

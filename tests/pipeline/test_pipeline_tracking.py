@@ -32,7 +32,7 @@ def tracked(tmp_path_factory, make_toy_run_config, ray_local):
     uri = f"file://{root}/mlruns"
     cfg = make_toy_run_config(root)
     cfg["compare"] = []  # one fine-tune per invocation: the added test time stays small
-    cfg["tracking"] = {"mlflow_uri": uri, "experiment": EXPERIMENT}
+    cfg["tracking"] = {"mlflow_uri": uri, "experiment": EXPERIMENT, "tensorboard": True}
     run_yaml = root / "run.yaml"
     run_yaml.write_text(yaml.safe_dump(cfg))
     run_dir, reports = Path(cfg["run_dir"]), root / "run_reports"
@@ -160,3 +160,25 @@ def test_tracking_off_logs_nothing_and_never_imports_mlflow(tracked, monkeypatch
     client = tracked["client"]
     assert len(client.search_runs([tracked["experiment_id"]])) == len(tracked["runs"])
     assert "mlflow" not in json.loads((tracked["run_dir"] / "manifest.json").read_text())
+
+
+def test_tensorboard_gets_the_arms_scalars_next_to_mlflow(tracked):
+    """The same run wrote TensorBoard event files per arm (one per invocation), with the MLflow
+    arm run's POO trace, per-epoch losses and final metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    client, runs = tracked["client"], tracked["runs"]
+    board = tracked["run_dir"] / "tensorboard" / "goracs"
+    files = sorted(board.glob("events.out.tfevents.*"))
+    assert len(files) >= 2  # one per invocation, the cached one too (other tests here add more)
+    events = EventAccumulator(str(files[0]))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    arm = _children(runs, _parents(runs, "run")[0])["goracs"]
+    assert {"poo", "train_loss", "valid_loss", "ndcg_at_10"} <= scalars
+    assert scalars == set(arm.data.metrics)  # the same names as the MLflow arm run
+    for key in ("poo", "train_loss"):
+        steps, values = zip(*[(e.step, e.value) for e in events.Scalars(key)])
+        want_steps, want_values = zip(*_history(client, arm, key))
+        assert steps == want_steps
+        assert values == pytest.approx(want_values, rel=1e-6)  # TensorBoard stores float32
