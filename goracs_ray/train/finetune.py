@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,7 @@ def finetune(
         "fault": fault,
         "gate": gate,
         "log_level": logging.getLogger("ray.train").getEffectiveLevel(),
+        "progress": sys.stderr.isatty(),  # a bar over epochs, drawn here, on a terminal only
     }
     trainer = _trainer(
         cfg,

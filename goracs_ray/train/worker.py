@@ -343,13 +343,27 @@ def _report_lines_follow(level: int) -> None:
     logging.getLogger(context.__file__).setLevel(level)
 
 
+def epoch_bar(show: bool, *, total: int, done: int):
+    """Rank 0's progress bar over epochs (Ray's ``tqdm_ray``: the driver draws it), or None when
+    ``show`` is False (the driver's stderr is not a terminal)."""
+    if not show:
+        return None
+    from ray.experimental import tqdm_ray
+
+    bar = tqdm_ray.tqdm(total=total, desc="finetune", unit="epoch")
+    if done:
+        bar.update(done)  # resumed from a checkpoint
+    return bar
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Per-worker training loop (``train_loop_config`` built by `goracs_ray.train.finetune`).
 
     Keys: ``cfg`` (TrainConfig), ``model`` (ModelConfig: LoRA settings or start adapter),
     ``task`` (Task value), ``model_path`` (str), ``use_gpu`` (bool), ``deepspeed`` (ZeRO stage,
     JSON path or None), ``fault`` (FaultInjection or None), ``gate`` (EpochGate or None),
-    ``log_level`` (int: the level of Ray Train's lines, the driver's ``ray.train`` level).
+    ``log_level`` (int: the level of Ray Train's lines, the driver's ``ray.train`` level),
+    ``progress`` (bool: rank 0 shows a bar over epochs, :func:`epoch_bar`).
     """
     import ray.train
 
@@ -360,6 +374,8 @@ def train_func(config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
     world_size = ray.train.get_context().get_world_size()
     gate: EpochGate | None = config.get("gate")
+    show = config.get("progress", False) and w.rank == 0
+    bar = epoch_bar(show, total=w.cfg.epochs, done=len(stopper.history))
     for epoch in range(len(stopper.history), w.cfg.epochs):
         if stopper.should_stop:
             break
@@ -397,4 +413,8 @@ def train_func(config: dict[str, Any]) -> None:
                 best=best,
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if bar is not None:
+            bar.update(1)
         _maybe_pause(epoch)
+    if bar is not None:
+        bar.close()  # early stopping may end it short of `epochs`

@@ -350,3 +350,16 @@ def test_train_on_inputs_is_seqrec_only(ray_local, tmp_path, train_data, train_m
             task="ctr",
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_the_epoch_bar_shows_on_a_terminal_only_and_counts_resumed_epochs(ray_local):
+    """Rank 0's bar (Ray's tqdm_ray, drawn by the driver); `finetune` asks for it only when the
+    driver's stderr is a terminal."""
+    from goracs_ray.train.worker import epoch_bar
+
+    assert epoch_bar(False, total=3, done=0) is None
+    bar = epoch_bar(True, total=3, done=1)  # resumed after epoch 0
+    assert (bar.total, bar.n) == (3, 1)
+    bar.update(1)
+    assert bar.n == 2
+    bar.close()
