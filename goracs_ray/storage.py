@@ -93,7 +93,8 @@ class RunMirror:
         part = local.with_name(f".{local.name}.pull")
         shutil.rmtree(part, ignore_errors=True)
         part.parent.mkdir(parents=True, exist_ok=True)
-        self._download(self._remote(name), part)
+        remote = self._remote(name)
+        _download(self.filesystem, _files_under(self.filesystem, remote), remote, part)
         if self.marker_key(name) != key:  # republished while we read: do not trust the copy
             shutil.rmtree(part, ignore_errors=True)
             return False
@@ -128,21 +129,6 @@ class RunMirror:
             local_dir, self.base, [local_dir / n for n in names if (local_dir / n).is_file()]
         )
 
-    def _download(self, remote: str, local: Path) -> None:
-        selector = pafs.FileSelector(remote, recursive=True)
-        local_fs = pafs.LocalFileSystem()
-        for info in self.filesystem.get_file_info(selector):
-            if not info.is_file:
-                continue
-            target = local / info.path[len(remote) + 1 :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(
-                info.path,
-                str(target),
-                source_filesystem=self.filesystem,
-                destination_filesystem=local_fs,
-            )
-
     def _upload(self, root: Path, remote: str, files: Iterable[Path]) -> None:
         local_fs = pafs.LocalFileSystem()
         for path in files:
@@ -154,6 +140,25 @@ class RunMirror:
                 source_filesystem=local_fs,
                 destination_filesystem=self.filesystem,
             )
+
+
+def _files_under(filesystem: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """Every file below directory ``path`` (recursive)."""
+    selector = pafs.FileSelector(path, recursive=True)
+    return [i for i in filesystem.get_file_info(selector) if i.is_file]
+
+
+def _download(
+    filesystem: pafs.FileSystem, files: Iterable[pafs.FileInfo], root: str, local: Path
+) -> None:
+    """Copy ``files`` (below ``root`` in ``filesystem``) to the same relative paths in ``local``."""
+    local_fs = pafs.LocalFileSystem()
+    for info in files:
+        target = local / info.path[len(root.rstrip("/")) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(
+            info.path, str(target), source_filesystem=filesystem, destination_filesystem=local_fs
+        )
 
 
 def open_mirror(run_dir: str | os.PathLike[str]) -> RunMirror | None:
@@ -201,11 +206,7 @@ def fetch_input(uri: str, cache_dir: str | os.PathLike[str], *, field: str) -> P
         raise ValueError(f"`{field}` `{uri}`: cannot open it through pyarrow.fs ({e})") from e
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"`{field}` `{uri}` does not exist; check the bucket and key")
-    if info.is_file:
-        files = [info]
-    else:
-        selector = pafs.FileSelector(path, recursive=True)
-        files = [i for i in filesystem.get_file_info(selector) if i.is_file]
+    files = [info] if info.is_file else _files_under(filesystem, path)
     stamp = {i.path: [i.size, i.mtime_ns] for i in files}
     home = Path(cache_dir) / "inputs" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = home / path.rstrip("/").rsplit("/", 1)[-1]
@@ -215,13 +216,7 @@ def fetch_input(uri: str, cache_dir: str | os.PathLike[str], *, field: str) -> P
         return target
     part = home / ".part"
     shutil.rmtree(part, ignore_errors=True)
-    local_fs = pafs.LocalFileSystem()
-    for item in files:
-        local = part / (item.path[len(path.rstrip("/")) + 1 :] if not info.is_file else target.name)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(
-            item.path, str(local), source_filesystem=filesystem, destination_filesystem=local_fs
-        )
+    _download(filesystem, files, path.rstrip("/").rsplit("/", 1)[0] if info.is_file else path, part)
     if target.is_dir():
         shutil.rmtree(target)
     elif target.exists():
