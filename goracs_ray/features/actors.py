@@ -60,6 +60,7 @@ _NOT_RESULT_FIELDS = {
     "actor_cpus",
     "actor_gpus",
     "torch_threads",
+    "model_shards",  # the same norms partitioned or not (tested to 1e-4)
 }
 _NOT_RESULT_MODEL_FIELDS = {"device", "deepspeed"}
 
@@ -121,11 +122,8 @@ class _FeatureActor:
         """Test hook: the first actor to get here computes half a shard, then dies hard."""
         if self.crash_once_file is None:
             return
-        try:
-            fd = os.open(self.crash_once_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        if not _first_to_claim(self.crash_once_file):
             return
-        os.close(fd)
         half = part.slice(0, max(1, part.num_rows // 2)).to_pydict()
         self.computer.compute(half["sample_id"], half["split"], half["prompt"], half["output"])
         os._exit(1)
@@ -146,13 +144,7 @@ class _FeatureActor:
                 continue
             self._maybe_hold(node)
             self._maybe_crash(part)
-            cols = part.to_pydict()
-            table = self.computer.compute(
-                cols["sample_id"], cols["split"], cols["prompt"], cols["output"]
-            )
-            meta = {**(table.schema.metadata or {}), SHARD_NODE_KEY: node.encode()}
-            table = table.replace_schema_metadata(meta)
-            write_parquet(done, table)
+            _write_shard(self.computer, part, done, node)
             writers.append(node)
             rows.append(part.num_rows)
         return {
@@ -160,6 +152,222 @@ class _FeatureActor:
             "rows": np.asarray(rows, dtype=np.int64),
             "node": np.asarray(writers, dtype=object),
         }
+
+
+def _write_shard(computer: FeatureComputer, part: pa.Table, path: Path, node: str) -> None:
+    """Featurise the pool rows ``part`` and write them to ``path`` (atomically), naming the
+    writer ``node`` in the schema metadata."""
+    cols = part.to_pydict()
+    table = computer.compute(cols["sample_id"], cols["split"], cols["prompt"], cols["output"])
+    meta = {**(table.schema.metadata or {}), SHARD_NODE_KEY: node.encode()}
+    write_parquet(path, table.replace_schema_metadata(meta))
+
+
+class _GroupFeatureActor:
+    """One rank of a features group: k actors hold one model partitioned with ZeRO-3 and
+    featurise k shards per round, one each, in lockstep (:class:`FeatureComputer` ``group``)."""
+
+    def __init__(self, cfg, model, task, model_path, adapter_path, out_dir, crash_once_file=None):
+        self.args = (cfg, model, task, Path(model_path), adapter_path and Path(adapter_path))
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.computer: FeatureComputer | None = None
+        self.crash_once_file = crash_once_file
+
+    def meeting_point(self) -> tuple[str, int]:
+        """(this node's IP, a port free on it): where rank 0 hosts the group's rendezvous."""
+        import ray
+
+        from goracs_ray.features.compute import free_port
+
+        ip = ray.util.get_node_ip_address()
+        return ip, free_port(ip)
+
+    def join(self, group) -> dict[str, int]:
+        """Join ``group`` (a ZeroGroup) and load the partitioned model; returns
+        :meth:`FeatureComputer.param_bytes` (every rank of the group must call this)."""
+        import warnings
+
+        # DeepSpeed's ZeRO-3 gathers call a torch.distributed function torch deprecates, once
+        # per process; nothing a user can act on.
+        warnings.filterwarnings("ignore", ".*all_gather_into_tensor", FutureWarning)
+        self.computer = FeatureComputer(*self.args, group=group)
+        self.pool = pq.read_table(self.out_dir / "_pool.parquet")
+        return self.computer.param_bytes()
+
+    def compute_shard(self, shard: int | None) -> tuple[int | None, int, str]:
+        """Featurise ``shard`` (None, or one already written: only keep the group in step).
+
+        Returns (shard, rows, writer node id)."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        done = shard is not None and _shard_path(self.out_dir, shard)
+        if shard is None or done.is_file():
+            self.computer.compute([], [], [], [])
+            if shard is None:
+                return None, 0, node
+            writer = pq.read_schema(done).metadata[SHARD_NODE_KEY].decode()
+            return shard, pq.read_metadata(done).num_rows, writer
+        part = self.pool.slice(shard * self.cfg.rows_per_shard, self.cfg.rows_per_shard)
+        if self.crash_once_file is not None and _first_to_claim(self.crash_once_file):
+            os._exit(1)  # test hook: this rank dies at the start of a shard, its peer mid-round
+        _write_shard(self.computer, part, done, node)
+        return shard, part.num_rows, node
+
+
+def _first_to_claim(path: str) -> bool:
+    """Create ``path``; True only for the one caller that created it."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class _ActorGroup:
+    """k :class:`_GroupFeatureActor` ranks in one placement group (PACK: one node where they
+    fit), started together and killed together."""
+
+    def __init__(self, cfg, model, task, model_path, adapter, out_dir, gpus, ds_config, crash):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        k = cfg.model_shards
+        bundle = {"CPU": cfg.actor_cpus, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([bundle] * k, strategy="PACK")
+        cls = ray.remote(_GroupFeatureActor)
+        self.actors = [
+            cls.options(
+                num_cpus=cfg.actor_cpus,
+                num_gpus=gpus or 0,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
+            ).remote(
+                cfg, model, task, str(model_path), adapter and str(adapter), str(out_dir), crash
+            )  # fmt: skip
+            for i in range(k)
+        ]
+        self.bundle, self.ds_config = bundle, ds_config
+
+    def start(self, timeout_s: float) -> dict[str, int]:
+        """Wait for the group's resources, then join every rank; its param bytes per rank."""
+        import ray
+
+        from goracs_ray.features.compute import ZeroGroup
+
+        k = len(self.actors)
+        if not ray.wait([self.pg.ready()], timeout=timeout_s)[0]:
+            self.kill()
+            raise RuntimeError(
+                f"a features group of {k} actors ({self.bundle} each; `features.model_shards: "
+                f"{k}`) did not fit the cluster within {timeout_s:.0f} s; lower "
+                "`features.actor_cpus`/`actor_gpus` or `model_shards`, or add nodes"
+            )
+        addr, port = ray.get(self.actors[0].meeting_point.remote())
+        groups = [ZeroGroup(r, k, addr, port, self.ds_config) for r in range(k)]
+        held = ray.get([a.join.remote(g) for a, g in zip(self.actors, groups)])
+        return held[0]
+
+    def kill(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.pg)
+
+
+#: How often a features group may be restarted after losing an actor (each restart retries the
+#: shards of the round it lost; a shard written before is kept).
+MAX_GROUP_RESTARTS = 3
+
+
+def _drain_groups(
+    cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, gpus, crash
+):
+    """Featurise the shards ``todo`` on ``max_actors // model_shards`` ZeRO-3 groups (≥ 1).
+
+    Returns ({shard: writer node}, param bytes per worker of one group)."""
+    import ray
+    from tqdm.auto import tqdm
+
+    k = cfg.model_shards
+    ds_config = model.features_zero3_config(k)
+    queue = list(todo)
+
+    def new_group() -> _ActorGroup:
+        return _ActorGroup(cfg, model, task, model_path, adapter, out_dir, gpus, ds_config, crash)
+
+    groups = [new_group() for _ in range(max(1, cfg.max_actors // k))]
+    held = groups[0].start(timeout_s=300)
+    for extra in groups[1:]:  # more groups only where the cluster has room now
+        try:
+            extra.start(timeout_s=30)
+        except RuntimeError:
+            logger.warning("features: only %d group(s) of %d actors fit", groups.index(extra), k)
+            groups = groups[: groups.index(extra)]
+            break
+    logger.info(
+        "features: %d group(s) of %d actors, each holding %.1f of the model's %.1f MiB of "
+        "weights (ZeRO-3)", len(groups), k, held["held"] / 2**20, held["whole"] / 2**20,
+    )  # fmt: skip
+    running: dict[ray.ObjectRef, tuple[_ActorGroup, list]] = {}
+    nodes: dict[int, str] = {}
+    restarts = 0
+
+    def dispatch(group: _ActorGroup) -> None:
+        shards = [queue.pop(0) if queue else None for _ in group.actors]
+        if all(s is None for s in shards):
+            group.kill()
+            return
+        refs = [a.compute_shard.remote(s) for a, s in zip(group.actors, shards)]
+        for ref in refs:
+            running[ref] = (group, refs, shards)
+
+    total = sum(pool_rows(s) for s in todo)
+    with tqdm(total=total, unit="sample", desc="features", disable=not progress) as bar:
+        for group in groups:
+            dispatch(group)
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            group, refs, shards = running[ready[0]]
+            for ref in refs:
+                running.pop(ref)
+            results, lost_actor, failed = [], None, None
+            for ref in refs:  # every rank's outcome: a rank whose peer died fails in gloo/NCCL
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayActorError as exc:
+                    lost_actor = exc
+                except ray.exceptions.RayTaskError as exc:
+                    failed = failed or exc
+            if failed is not None and lost_actor is None:  # an error of the computation itself
+                group.kill()
+                raise failed
+            if lost_actor is not None:
+                exc = lost_actor
+                group.kill()
+                restarts += 1
+                if restarts > MAX_GROUP_RESTARTS:
+                    raise RuntimeError(
+                        f"features: a ZeRO-3 group failed {restarts} times, last: {exc}; "
+                        "re-run to resume from the shards written"
+                    ) from exc
+                lost = [s for s in shards if s is not None and s not in nodes]
+                logger.warning("features: a group lost an actor (%s); restarting it, "
+                               "retrying shards %s", type(exc).__name__, lost)  # fmt: skip
+                queue[:0] = lost
+                group = new_group()
+                group.start(timeout_s=300)
+                dispatch(group)
+                continue
+            for shard, rows, node in results:
+                if shard is not None and shard not in nodes:
+                    nodes[shard] = node
+                    bar.update(rows)
+            dispatch(group)
+    return nodes, held
 
 
 def _load_pool(samples, splits: tuple[str, ...]) -> tuple[pa.Table, set[str]]:
@@ -303,10 +511,14 @@ def _run_pool(
     if gpus is None:
         gpus = 1.0 if model.wants_gpu(ray.cluster_resources().get("GPU", 0) > 0) else 0.0
     progress = sys.stderr.isatty() if progress is None else progress
+    if cfg.model_shards > 1:
+        return _drain_groups(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows,
+                             progress=progress, gpus=gpus, crash=crash)  # fmt: skip
     # Our own bar counts samples; when it shows, Ray Data's bars would repeat it.
     with _ray_data_bars_off() if progress else contextlib.nullcontext():
-        return _drain_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows,
-                           progress=progress, crash=crash, hold=hold, gpus=gpus)  # fmt: skip
+        nodes = _drain_pool(cfg, model, task, todo, model_path, adapter, out_dir, pool_rows,
+                            progress=progress, crash=crash, hold=hold, gpus=gpus)  # fmt: skip
+    return nodes, None
 
 
 @contextlib.contextmanager
@@ -418,12 +630,15 @@ def compute_features(
         logger.info("resuming: %d of %d shards already done", skipped, n_shards)
     model_path, adapter = _resolve_model(cfg, model, samples, pool, out_dir)
     nodes: dict[int, str] = {}
+    param_bytes = None
+    if cfg.model_shards > 1:
+        model.features_zero3_config(cfg.model_shards)  # a bad setting fails before any work
     if todo:
 
         def pool_rows(s: int) -> int:
             return min(cfg.rows_per_shard, pool.num_rows - s * cfg.rows_per_shard)
 
-        nodes = _run_pool(
+        nodes, param_bytes = _run_pool(
             cfg,
             model,
             task,
@@ -441,14 +656,16 @@ def compute_features(
         raise RuntimeError(f"features shards {missing[:5]} were not written; re-run to resume")
     seconds = time.perf_counter() - start
     _write_manifest(
-        cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped, nodes
-    )
+        cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped, nodes,
+        param_bytes,
+    )  # fmt: skip
     return FeaturesResult(out_dir, pool.num_rows, n_shards, skipped, seconds)
 
 
 def _write_manifest(
-    cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped, nodes
-) -> None:
+    cfg, model, task, out_dir, pool, n_shards, model_path, adapter, seconds, skipped, nodes,
+    param_bytes=None,
+) -> None:  # fmt: skip
     import collections
 
     import torch
@@ -478,6 +695,8 @@ def _write_manifest(
         "throughput_samples_per_s": round(pool.num_rows / max(seconds, 1e-9), 2),
         "shards_skipped_on_resume": skipped,
         "shards_by_node": dict(collections.Counter(nodes.values())),
+        # ZeRO-3 groups (model_shards > 1): weight bytes one actor held, and the whole model's
+        "param_bytes": param_bytes,
         "torch_version": torch.__version__,
     }
     write_json(out_dir / FEATURES_MANIFEST, manifest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from goracs_ray.models.text import pack_token_ids, tokenize_samples
 __all__ = [
     "SECONDS_METADATA_KEY",
     "FeatureComputer",
+    "ZeroGroup",
     "keep_freed_memory",
     "token_batches",
     "warmup_adapter",
@@ -101,10 +103,54 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for a torch.distributed rendezvous)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroGroup:
+    """This process's place in a features group that partitions one model with ZeRO-3.
+
+    Attributes
+    ----------
+    rank, world_size : int
+        This process's rank and the group size k (``features.model_shards``).
+    master_addr : str
+        Host of rank 0 (its Ray node IP), where the group meets.
+    master_port : int
+        Free port on that host.
+    ds_config : dict
+        DeepSpeed config (:meth:`goracs_ray.models.config.ModelConfig.features_zero3_config`).
+    """
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    ds_config: dict
+
+
+def _join_group(group: ZeroGroup):
+    """Start torch.distributed for ``group`` (gloo on CPU, NCCL on GPU) through DeepSpeed and
+    return the device this rank computes on (Ray gives each GPU actor its own one GPU)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    os.environ.update(
+        RANK=str(group.rank),
+        WORLD_SIZE=str(group.world_size),
+        LOCAL_RANK="0",
+        MASTER_ADDR=group.master_addr,
+        MASTER_PORT=str(group.master_port),
+    )
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl")
+    return torch.device(get_accelerator().current_device_name())
 
 
 def _deepspeed_module(model, stage: int):
@@ -114,7 +160,7 @@ def _deepspeed_module(model, stage: int):
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     on_cpu = not torch.cuda.is_available()
     if on_cpu:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -139,6 +185,12 @@ class FeatureComputer:
     adapter_path : path, optional
         Adapter to load (``model.adapter_path`` or the warm-up adapter); else a fresh
         ``model.lora``.
+    group : ZeroGroup, optional
+        Join a group of k processes that hold the model partitioned with ZeRO-3: the weights are
+        partitioned as they load (``transformers``' DeepSpeed integration, ``zero.Init``), so no
+        process ever holds the whole model. Every rank of the group must then call
+        :meth:`compute` the same number of times (with no rows where it has none): each
+        layer's forward and backward gathers its weights from all ranks.
     """
 
     def __init__(
@@ -148,10 +200,18 @@ class FeatureComputer:
         task: Task,
         model_path: Path,
         adapter_path: Path | None,
+        group: ZeroGroup | None = None,
     ) -> None:
         torch.set_num_threads(cfg.torch_threads)
         keep_freed_memory()
-        self.cfg, self.task = cfg, Task(task)
+        self.cfg, self.task, self.group = cfg, Task(task), group
+        device = None
+        if group is not None:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            device = _join_group(group)
+            # Kept alive: while it exists, from_pretrained loads under ZeRO-3 (partitioned).
+            self._hf_deepspeed = HfDeepSpeedConfig(group.ds_config)
         lm, self.tokenizer = load_causal_lm(
             model_path,
             lora=model.lora,
@@ -160,14 +220,22 @@ class FeatureComputer:
             attn_implementation=cfg.attn_implementation,
             trainable=cfg.grad_target,
         )
-        if model.features_zero_stage is not None:
+        if group is not None:
+            import deepspeed
+
+            # No optimizer: DeepSpeed's ZeRO-3 inference engine; its hooks gather each
+            # module's weights for the forward and again for autograd's backward.
+            lm = deepspeed.initialize(model=lm, config=group.ds_config)[0].module
+        elif model.features_zero_stage is not None:
             lm = _deepspeed_module(lm, model.features_zero_stage)
         elif torch.cuda.is_available() and model.wants_gpu(True):
             lm = lm.to("cuda")  # Ray gave this actor a GPU (CUDA_VISIBLE_DEVICES)
         self.model = lm
+        self.device = device or next(lm.parameters()).device
         self.names = target_parameter_names(lm, cfg.grad_target)
         self.grads = CheckedGrads(cfg.grad_method)  # the fused forward verified on batch 1
-        self.grad_dim = sum(dict(lm.named_parameters())[n].numel() for n in self.names)
+        named = dict(lm.named_parameters())
+        self.grad_dim = sum(_full_numel(named[n]) for n in self.names)
         if adapter_path is None and cfg.grad_target is GradTarget.ALL_LORA:
             logger.warning(
                 "fresh adapter (lora_B = 0): every lora_A gradient is 0; set "
@@ -185,9 +253,20 @@ class FeatureComputer:
         if cfg.embedding is EmbeddingKind.SENTENCE:
             self.encoder = SentenceEncoder(cfg.encoder_path)
 
+    def param_bytes(self) -> dict[str, int]:
+        """Bytes of model weights this process holds (``held``) and of the whole model
+        (``whole``). Under ZeRO-3 a process holds its partition of every parameter, plus the
+        parameters DeepSpeed keeps whole (below ``stage3_param_persistence_threshold``)."""
+        held = whole = 0
+        for p in self.model.parameters():
+            size = p.element_size()
+            whole += _full_numel(p) * size
+            held += (p.data.numel() + getattr(p, "ds_tensor", p.data[:0]).numel()) * size
+        return {"held": held, "whole": whole}
+
     def _batch(self, prompts, outputs, p_ids, o_ids) -> dict[str, np.ndarray]:
         cfg, tok = self.cfg, self.tokenizer
-        device = next(self.model.parameters()).device
+        device = self.device
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         batch = pack_token_ids(
             p_ids,
@@ -248,10 +327,12 @@ class FeatureComputer:
         n = len(sample_ids)
         self.seconds = dict.fromkeys(self.seconds, 0.0)
         parts: dict[str, np.ndarray] = {}
-        p_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        o_ids = self.tokenizer(list(outputs), add_special_tokens=False)["input_ids"]
+        p_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if n else []
+        o_ids = self.tokenizer(list(outputs), add_special_tokens=False)["input_ids"] if n else []
         lengths = [min(len(p) + len(o) + 2, self.cfg.max_length) for p, o in zip(p_ids, o_ids)]
-        for idx in token_batches(lengths, self.cfg.batch_tokens):
+        batches = token_batches(lengths, self.cfg.batch_tokens)
+        idle = self._group_idle_batches(len(batches)) if self.group is not None else 0
+        for idx in batches:
             res = self._batch(
                 [prompts[i] for i in idx],
                 [outputs[i] for i in idx],
@@ -262,6 +343,9 @@ class FeatureComputer:
                 if key not in parts:
                     parts[key] = np.zeros((n, *value.shape[1:]), dtype=np.float32)
                 parts[key][idx] = value
+        self._idle(idle)
+        if not n:
+            return pa.table({"sample_id": pa.array([], pa.string())})
         cols = {"sample_id": pa.array(list(sample_ids), pa.string())}
         cols["split"] = pa.array(list(splits), pa.string())
         for key in ("embedding", "grad_norm", "grad_proj", "loss"):
@@ -276,6 +360,28 @@ class FeatureComputer:
             else:
                 cols[key] = pa.array(value, FEATURE_COLUMNS[key])
         return pa.table(cols, metadata={SECONDS_METADATA_KEY: json.dumps(self.seconds).encode()})
+
+    def _group_idle_batches(self, n_batches: int) -> int:
+        """How many batches fewer than the group's busiest rank this rank has (a collective:
+        every rank calls it before its first batch). ZeRO-3 gathers each layer's weights from
+        all ranks, so every rank must run the same number of forwards and backwards."""
+        import torch.distributed as dist
+
+        most = torch.tensor([n_batches], device=self.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item()) - n_batches
+
+    def _idle(self, n_batches: int) -> None:
+        """Run ``n_batches`` throw-away one-sample batches through the same code path as real
+        ones (hence ``_batch``), so the group's collectives stay paired."""
+        ids = self.tokenizer(".", add_special_tokens=False)["input_ids"]
+        for _ in range(n_batches):
+            self._batch(["."], ["."], [ids], [ids])
+
+
+def _full_numel(p: torch.Tensor) -> int:
+    """Elements of parameter ``p`` in the whole model (ZeRO-3 leaves an empty ``p.data``)."""
+    return int(getattr(p, "ds_numel", p.numel()))
 
 
 def warmup_adapter(

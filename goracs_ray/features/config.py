@@ -67,6 +67,12 @@ class FeaturesConfig:
     """Actor pool lower bound."""
     max_actors: int = 2
     """Actor pool upper bound."""
+    model_shards: int = 1
+    """Actors that share one model, partitioned with DeepSpeed ZeRO-3 (each holds about 1/k of
+    the weights; gloo on CPU, NCCL on GPU): for a model that does not fit one worker. The k
+    actors of a group featurise k shards at a time in lockstep; ``max_actors // k`` groups (at
+    least one). 1: every actor holds the whole model. Needs ``model.deepspeed`` ``auto``, ``3``
+    or a stage-3 JSON (docs/features.md)."""
     actor_cpus: float = 1.0
     """Logical CPUs per actor (fractional is fine; 0.5–1 on small machines)."""
     actor_gpus: float | None = None
@@ -78,7 +84,14 @@ class FeaturesConfig:
 
     def __post_init__(self) -> None:
         self._coerce_enums()
-        for name in ("max_length", "batch_tokens", "rows_per_shard", "min_actors", "torch_threads"):
+        for name in (
+            "max_length",
+            "batch_tokens",
+            "rows_per_shard",
+            "min_actors",
+            "torch_threads",
+            "model_shards",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be ≥ 1, got {getattr(self, name)}")
         if self.max_actors < self.min_actors:

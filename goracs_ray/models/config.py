@@ -269,6 +269,46 @@ class ModelConfig:
         """ZeRO stage of the features actors' DeepSpeed engine (None: plain torch)."""
         return self.deepspeed if isinstance(self.deepspeed, int) else None
 
+    def features_zero3_config(self, model_shards: int) -> dict:
+        """DeepSpeed config of a features group that partitions the model over ``model_shards``
+        actors with ZeRO-3 (``features.model_shards`` > 1).
+
+        ``model.deepspeed``: ``auto`` or ``3`` give ZeRO-3 with DeepSpeed's defaults; a JSON path
+        gives its ``zero_optimization`` section (e.g. ``stage3_param_persistence_threshold``:
+        parameters smaller than it, 100,000 elements by default, are kept whole on every worker),
+        whose stage must be 3. Scoring only: no optimizer, batch size 1 per worker.
+
+        Raises
+        ------
+        ValueError
+            ``model.deepspeed`` is null or a stage other than 3, the JSON is not stage 3, or
+            DeepSpeed is not installed.
+        """
+        import importlib.util
+        import json
+
+        fix = "set `model.deepspeed: 3` (or auto), or `features.model_shards: 1`"
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError(
+                f"`features.model_shards: {model_shards}` partitions the model with DeepSpeed "
+                "ZeRO-3, which is not installed: pip install 'goracs_ray[deepspeed]'"
+            )
+        zero: dict = {"stage": 3}
+        if isinstance(self.deepspeed, str) and self.deepspeed != AUTO:
+            zero = dict(json.loads(Path(self.deepspeed).read_text()).get("zero_optimization", {}))
+            if zero.get("stage") != 3:
+                raise ValueError(
+                    f"`features.model_shards: {model_shards}` needs ZeRO stage 3, but "
+                    f"`{self.deepspeed}` sets zero_optimization.stage {zero.get('stage')!r}; "
+                    "make it 3, or set `features.model_shards: 1`"
+                )
+        elif self.deepspeed not in (AUTO, 3):
+            raise ValueError(
+                f"`features.model_shards: {model_shards}` partitions the model with ZeRO-3, but "
+                f"`model.deepspeed` is {self.deepspeed!r}; {fix}"
+            )
+        return {"train_micro_batch_size_per_gpu": 1, "zero_optimization": zero}
+
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_IGNORE = ["*.pth", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "original/*"]
