@@ -283,6 +283,28 @@ class _ActorGroup:
 MAX_GROUP_RESTARTS = 3
 
 
+def _round_outcome(refs, grace_s: float = 10.0):
+    """Outcome of one group round, read as the ranks finish: (results, the error of a lost
+    actor or None, a task error or None). Returns at the first lost actor, without waiting for
+    its peers (they may be blocked in a collective; the caller kills the group). After a task
+    error, waits ``grace_s`` for a lost actor to explain it (a rank whose peer died fails in
+    gloo/NCCL), else returns: the other ranks may be waiting for the failed one."""
+    import ray
+
+    pending, results, failed = list(refs), [], None
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=grace_s if failed else None)
+        if not done:
+            break
+        try:
+            results.append(ray.get(done[0]))
+        except ray.exceptions.RayActorError as exc:
+            return results, exc, failed
+        except ray.exceptions.RayTaskError as exc:
+            failed = failed or exc
+    return results, None, failed
+
+
 def _drain_groups(
     cfg, model, task, todo, model_path, adapter, out_dir, pool_rows, *, progress, gpus, crash
 ):
@@ -334,14 +356,7 @@ def _drain_groups(
             group, refs, shards = running[ready[0]]
             for ref in refs:
                 running.pop(ref)
-            results, lost_actor, failed = [], None, None
-            for ref in refs:  # every rank's outcome: a rank whose peer died fails in gloo/NCCL
-                try:
-                    results.append(ray.get(ref))
-                except ray.exceptions.RayActorError as exc:
-                    lost_actor = exc
-                except ray.exceptions.RayTaskError as exc:
-                    failed = failed or exc
+            results, lost_actor, failed = _round_outcome(refs)
             if failed is not None and lost_actor is None:  # an error of the computation itself
                 group.kill()
                 raise failed

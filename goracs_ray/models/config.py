@@ -149,7 +149,8 @@ class ModelConfig:
     """DeepSpeed ZeRO: ``auto`` (fine-tuning: stage 2 on GPU, plain DDP on CPU; features: plain
     torch), ``None`` (never), a stage ``0``–``3`` (fine-tuning config generated; features actors
     run the model as a ZeRO engine of that stage) or the path of a user DeepSpeed JSON config
-    (fine-tuning only)."""
+    (fine-tuning, and the ``zero_optimization`` of ZeRO-3 features groups:
+    ``features.model_shards``)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
