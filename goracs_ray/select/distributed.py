@@ -46,7 +46,7 @@ from goracs_ray.select.options import ItraOptions
 from goracs_ray.select.ot import OTSolution
 from goracs_ray.select.refine import RefineResult, evaluate_swap, refine
 from goracs_ray.select.rowstore import PartsStore
-from goracs_ray.select.sharded import CostShard, shard_bounds
+from goracs_ray.select.sharded import CostShard, RecomputedShard, shard_bounds
 from goracs_ray.select.types import FeatureTable
 
 __all__ = [
@@ -157,10 +157,17 @@ class _FaultCounter:
 
 
 class _ShardActor:
-    """Ray wrapper of :class:`CostShard`; every call after the first carries the cost scales."""
+    """Ray wrapper of a row shard: its cost rows stored (:class:`CostShard`), or recomputed on
+    demand in blocks of ``memory_bytes`` (:class:`RecomputedShard`); every call after the first
+    carries the cost scales."""
 
-    def __init__(self, train_emb, valid_emb, grad_norms, start, fault=None) -> None:
-        self.shard = CostShard(train_emb, valid_emb, grad_norms, start=start)
+    def __init__(self, train_emb, valid_emb, grad_norms, start, fault=None, memory_bytes=None):
+        if memory_bytes is None:
+            self.shard = CostShard(train_emb, valid_emb, grad_norms, start=start)
+        else:
+            self.shard = RecomputedShard(
+                train_emb, valid_emb, grad_norms, start=start, memory_bytes=memory_bytes
+            )
         self.fault = _FaultCounter(fault)
 
     def extrema(self):
@@ -230,10 +237,12 @@ def _fault_for(fault: FaultPlan | None, target: str, index: int) -> FaultPlan | 
 class _SelectorActor:
     """Runs the ITRA driver for one cost matrix on the shard store and the evaluator pool."""
 
-    def __init__(self, shard_inputs, grad_norms, settings: WorkerSettings, fault=None) -> None:
+    def __init__(
+        self, shard_inputs, grad_norms, settings: WorkerSettings, fault=None, memory_bytes=None
+    ) -> None:
         self.shards = [
             _Shard.options(**settings.options("shard")).remote(
-                train, valid, grads, start, _fault_for(fault, "shard", k)
+                train, valid, grads, start, _fault_for(fault, "shard", k), memory_bytes
             )
             for k, (train, valid, grads, start) in enumerate(shard_inputs[0])
         ]
@@ -313,11 +322,14 @@ def start_selector(
     *,
     workers: WorkerSettings,
     fault: FaultPlan | None = None,
+    memory_bytes: int | None = None,
 ) -> tuple[Any, list[Any]]:
     """Put the inputs in the object store and start the selector (which starts its actors).
 
     Returns the selector handle and the object refs it needs (keep them alive while it runs).
     Memory: the shard actors together hold N·M·4 bytes of cost; the object store N·d·4 + M·d·4.
+    With ``memory_bytes`` the shards store no cost: they recompute rows on demand in blocks
+    whose temporaries fit that budget (N·(d + 64)·4 bytes in all, plus the budget per shard).
     """
     valid_ref = ray.put(np.ascontiguousarray(valid_emb, dtype=np.float32))
     inputs = [
@@ -330,7 +342,7 @@ def start_selector(
         for a, b in shard_bounds(len(train_emb), workers.shards)
     ]
     selector = _Selector.options(**workers.options("selector")).remote(
-        [inputs], grad_norms, workers, fault
+        [inputs], grad_norms, workers, fault, memory_bytes
     )
     return selector, inputs
 
@@ -356,8 +368,9 @@ def _run_part(
         valid_emb = target.points
     for attempt in range(workers.max_restarts + 1):
         selector, _inputs = start_selector(
-            part.train_emb, valid_emb, part.grad_norms, workers=workers, fault=fault
-        )
+            part.train_emb, valid_emb, part.grad_norms, workers=workers, fault=fault,
+            memory_bytes=part.cost_options.get("memory_bytes"),
+        )  # fmt: skip
         try:
             t0 = time.perf_counter()
             scales = ray.get(selector.prepare.remote(part.cost_options))

@@ -308,13 +308,22 @@ def run_part_local(part: ItraPart, *, progress: bool = False) -> ItraResult:
     The cost rows and the screening run on ``part.cost_options["device"]`` (default cpu).
     Memory: N_k·M_k·4 bytes for the cost plus ITRA's working set.
     """
-    from goracs_ray.select.rowstore import memory_store
+    from goracs_ray.select.rowstore import memory_store, recomputed_store
 
     t0 = time.perf_counter()
-    cost = cost_matrix(part.train_emb, part.valid_emb, part.grad_norms, **part.cost_options).values
+    options = dict(part.cost_options)
+    memory_bytes = options.pop("memory_bytes", None)
+    device = options.get("device", "cpu")
+    if memory_bytes is None:
+        cost = cost_matrix(part.train_emb, part.valid_emb, part.grad_norms, **options).values
+        store = memory_store(cost, device=device)
+    else:  # rows recomputed on demand: no N×M array
+        options.pop("block_rows", None)
+        store, _ = recomputed_store(
+            part.train_emb, part.valid_emb, part.grad_norms, memory_bytes=memory_bytes, **options
+        )
     t1 = time.perf_counter()
-    logger.info("ITRA on %d x %d, budget %d", *cost.shape, part.budget)
-    store = memory_store(cost, device=part.cost_options.get("device", "cpu"))
+    logger.info("ITRA on %d x %d, budget %d", len(part.train_emb), len(part.valid_emb), part.budget)
     result = itra(
         store, part.budget, options=part.options, checkpoint=part.checkpoint, progress=progress
     )
@@ -350,6 +359,7 @@ def select_features(
     time_limit: float | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     device: str = "cpu",
+    cost_memory_mb: float | None = None,
     progress: bool = False,
     part_runner: PartRunner = run_part_local,
     checkpoint_dir: str | Path | None = None,
@@ -365,8 +375,14 @@ def select_features(
     distributed runs share the driver, so either may resume the other's checkpoint).
     ``device``: where the cost rows and the screening bounds are computed (``cpu``, ``cuda``,
     ``cuda:N``, ``auto``; :mod:`goracs_ray.select.kernels`), resolved and checked first.
-    Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set.
+    ``cost_memory_mb``: never store the cost; its rows are recomputed from the embeddings on
+    demand, in blocks whose temporaries fit this many MiB (the same rows bit for bit, hence the
+    same coreset; :func:`goracs_ray.select.rowstore.recomputed_store`).
+    Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set; with
+    ``cost_memory_mb``, N_k·(d + 64)·4 bytes plus that budget.
     """
+    if cost_memory_mb is not None and not cost_memory_mb > 0:
+        raise ValueError(f"`cost_memory_mb` must be > 0 or None, got {cost_memory_mb!r}")
     opts = ItraOptions(
         estimator=estimator, max_iters=max_iters, cut_num=cut_num, trim_inactive=trim_inactive,
         refine_stage=refine_stage, batch_size=batch_size, time_limit=time_limit,
@@ -384,7 +400,7 @@ def select_features(
         "budget": int(budget), "lam": float(lam), "estimator": opts.estimator.value,
         "max_iters": int(max_iters), "cut_num": int(cut_num), "trim_inactive": trim_inactive,
         "use_labels": bool(labels), "refine_stage": refine_stage, "batch_size": batch_size,
-        "time_limit": time_limit, "device": device,
+        "time_limit": time_limit, "device": device, "cost_memory_mb": cost_memory_mb,
     }  # fmt: skip
     groups = _class_groups(features, budget, labels)
     grads = features.grad_norms
@@ -395,7 +411,9 @@ def select_features(
     cost_options = {
         "lam": lam, "divide_distance": not (opts.faithful and labels), "grad_max": grad_max,
         "block_rows": block_rows, "device": device,
+        "memory_bytes": None if cost_memory_mb is None else int(cost_memory_mb * 2**20),
     }  # fmt: skip
+    how_stored = ("block_rows", "device", "memory_bytes")  # the same rows however computed
     for cls, n_k, train_rows, valid_rows in groups:
         if labels:  # one ITRA per class; a single unlabeled part logs its size in the runner
             logger.info("class %s: budget %d", cls, n_k)
@@ -406,7 +424,7 @@ def select_features(
         if checkpoint_dir is not None:
             key = opts.digest(
                 n=n_k, cls=cls,
-                cost={k: v for k, v in cost_options.items() if k not in ("block_rows", "device")},
+                cost={k: v for k, v in cost_options.items() if k not in how_stored},
                 inputs=input_digest(train, valid, part_grads),
             )  # fmt: skip
             name = "part-all.npz" if cls is None else f"part-{cls}.npz"

@@ -148,3 +148,26 @@ def test_a_killed_selector_resumes_from_its_checkpoint(ray_local, data, tmp_path
     assert part["selector_restarts"] == 1
     np.testing.assert_array_equal(result.ids, serial.ids)
     assert part["poo_trace"] == serial.trace()["parts"][0]["poo_trace"]
+
+
+def test_select_cost_memory_mb_recomputes_rows_serial_and_on_ray(ray_local, data, monkeypatch):
+    import goracs_ray.select.itra as itra_module
+    from goracs_ray.select.config import SelectConfig, run_select
+
+    train, valid, grads = data
+    features = FeatureTable(
+        train_ids=np.arange(len(train)), train_emb=train, valid_emb=valid, grad_norms=grads
+    )
+    common = {"method": "goracs", "budget": 16, "lam": 0.1, "max_iters": 4, "cut_num": 10}
+    stored = run_select(SelectConfig(**common), features)
+    # a budget of 0.01 MiB: blocks of a few rows; neither path ever holds the (N, M) cost
+    monkeypatch.setattr(itra_module, "cost_matrix", None)  # the serial path must not build it
+    for distributed in (False, True):
+        cfg = SelectConfig(**common, cost_memory_mb=0.01, distributed=distributed, workers=2)
+        got = run_select(cfg, features)
+        np.testing.assert_array_equal(got.ids, stored.ids)
+        assert got.info["settings"]["cost_memory_mb"] == 0.01
+        assert got.info["parts"][0]["poo_trace"] == stored.info["parts"][0]["poo_trace"]
+        assert len(stored.info["parts"][0]["poo_trace"]) >= 2  # refinement accepted swaps
+    with pytest.raises(ValueError, match="cost_memory_mb"):
+        run_select(SelectConfig(**common, cost_memory_mb=0), features)
