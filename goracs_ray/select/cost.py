@@ -71,13 +71,18 @@ class CostMatrix:
     scales: CostScales
 
 
-def distance_block(train_block: np.ndarray, valid_emb: np.ndarray) -> np.ndarray:
+def distance_block(
+    train_block: np.ndarray, valid_emb: np.ndarray, *, valid_sq: np.ndarray | None = None
+) -> np.ndarray:
     """Euclidean distances between a block of training rows and every validation row.
 
     Parameters
     ----------
     train_block : (b, d) float32
-    valid_emb : (M, d) float32
+    valid_emb : (M, d) float32, or float64 (used as is)
+    valid_sq : (M,) float64, optional
+        ``|y|²`` of ``valid_emb`` in float64, when the caller keeps it (a row shard recomputing
+        a few rows at a time): the same numbers without recomputing them per call.
 
     Returns
     -------
@@ -87,7 +92,9 @@ def distance_block(train_block: np.ndarray, valid_emb: np.ndarray) -> np.ndarray
     """
     x = np.asarray(train_block, dtype=np.float64)
     y = np.asarray(valid_emb, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", x, x)[:, None] + np.einsum("ij,ij->i", y, y)[None, :]
+    if valid_sq is None:
+        valid_sq = np.einsum("ij,ij->i", y, y)
+    sq = np.einsum("ij,ij->i", x, x)[:, None] + valid_sq[None, :]
     sq -= 2.0 * (x @ y.T)
     np.maximum(sq, 0.0, out=sq)
     return np.sqrt(sq).astype(np.float32)

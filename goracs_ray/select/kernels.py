@@ -203,6 +203,7 @@ def cost_block(
     scales: CostScales,
     *,
     device: str,
+    valid_sq: np.ndarray | None = None,
 ) -> np.ndarray:
     """POO cost rows from embeddings: :func:`distance_block` then :func:`normalize_block`.
 
@@ -215,13 +216,16 @@ def cost_block(
     grad_block : (b,) float32 or None
     scales : CostScales
     device : str
+    valid_sq : (M,) float64, optional
+        CPU: ``|y|²`` of ``valid_emb`` kept by the caller (:func:`cost.distance_block`).
 
     Returns
     -------
     (b, M) float32
     """
     if device == "cpu":
-        return cost.normalize_block(cost.distance_block(train_block, valid_emb), grad_block, scales)
+        dist = cost.distance_block(train_block, valid_emb, valid_sq=valid_sq)
+        return cost.normalize_block(dist, grad_block, scales)
     dist = _distances(_tensor(train_block, device), _tensor(valid_emb, device))
     return _normalize(dist, grad_block, scales, device).cpu().numpy()
 

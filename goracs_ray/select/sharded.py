@@ -492,6 +492,12 @@ class RecomputedShard(RowShard):
         self.grads = None if grad_norms is None else np.asarray(grad_norms, dtype=np.float32)
         self.block_rows = max(1, int(memory_bytes // (24 * max(1, self.valid.shape[0]))))
         self._raw_distances(self.train, self.valid, self.block_rows, None)
+        # Rows are recomputed a few at a time (lazy greedy, candidates): keep the validation
+        # side in float64 with its squared norms (M·(d + 1)·8 bytes), the same numbers per call.
+        self._valid64, self._valid_sq = None, None
+        if self.device == "cpu":
+            self._valid64 = self.valid.astype(np.float64)
+            self._valid_sq = np.einsum("ij,ij->i", self._valid64, self._valid64)
 
     def _apply_scales(self, scales: CostScales) -> None:
         pass  # rows are normalised as they are recomputed
@@ -505,7 +511,12 @@ class RecomputedShard(RowShard):
             part = local[a : a + self.block_rows]
             grads = None if self.grads is None else self.grads[part]
             out[a : a + len(part)] = kernels.cost_block(
-                self.train[part], self.valid, grads, self.scales, device=self.device
+                self.train[part],
+                self.valid if self._valid64 is None else self._valid64,
+                grads,
+                self.scales,
+                device=self.device,
+                valid_sq=self._valid_sq,
             )
         return out
 
