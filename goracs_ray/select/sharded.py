@@ -297,13 +297,15 @@ class RowShard:
         if not heap:
             return None
         fresh_seen: list[tuple[float, int]] = []
+        best = None
         while True:
             popped = [heapq.heappop(heap) for _ in range(min(_POP_BATCH, len(heap)))]
             ids = np.array([i for _, i in popped])
             fresh = self._gains(self.rows(ids), col_min, reference)
             self.n_gain_evals += len(ids)
-            fresh_seen.extend(zip(fresh.tolist(), ids.tolist()))
-            best = min(fresh_seen)
+            batch = list(zip(fresh.tolist(), ids.tolist()))
+            fresh_seen.extend(batch)
+            best = min(batch) if best is None else min(best, min(batch))
             if not heap or (best[0] + margin, best[1]) <= heap[0]:
                 break
         for item in fresh_seen:
