@@ -66,7 +66,7 @@ def _run(model_dir: Path, world: int, tmp: Path) -> list[dict]:
 
     import torch
 
-    from goracs_ray.features.compute import free_port
+    from goracs_ray.raycluster import free_port
 
     port = str(free_port())
     outs = [tmp / f"w{world}-r{r}.json" for r in range(world)]

@@ -35,13 +35,14 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-def _free_loopback_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the GCS binds it a moment later)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (bound a moment later: a GCS, a torch.distributed
+    rendezvous)."""
     import socket
 
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _ray_log_level() -> int:
@@ -87,7 +88,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     # chosen here, and RAY_ADDRESS names it for the workers only (the driver's copy is restored).
     node_env = {}
     if loopback:
-        port = _free_loopback_port()
+        port = free_port()
         node_env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
     saved = {name: os.environ.get(name) for name in node_env}
     os.environ.update(node_env)

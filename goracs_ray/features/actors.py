@@ -177,7 +177,7 @@ class _GroupFeatureActor:
         """(this node's IP, a port free on it): where rank 0 hosts the group's rendezvous."""
         import ray
 
-        from goracs_ray.features.compute import free_port
+        from goracs_ray.raycluster import free_port
 
         ip = ray.util.get_node_ip_address()
         return ip, free_port(ip)

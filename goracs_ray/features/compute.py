@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from goracs_ray.models.config import LoraSettings, ModelConfig
 from goracs_ray.models.lm import GradTarget, load_causal_lm, set_trainable, target_parameter_names
 from goracs_ray.models.losses import causal_lm_loss, ctr_token_ids
 from goracs_ray.models.text import pack_token_ids, tokenize_samples
+from goracs_ray.raycluster import free_port
 
 __all__ = [
     "SECONDS_METADATA_KEY",
@@ -101,13 +101,6 @@ def keep_freed_memory() -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (for a torch.distributed rendezvous)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,10 @@ class SelectConfig:
         if not self.lam >= 0:
             raise ValueError(f"`lam` must be >= 0 (0 = pure distribution matching), got {self.lam}")
         self.estimator = self.itra.estimator  # checks every ITRA option once
+        if self.cost_memory_mb is not None and not self.cost_memory_mb > 0:
+            raise ValueError(
+                f"`cost_memory_mb` must be > 0 MiB or null (stored), got {self.cost_memory_mb!r}"
+            )
         if self.compress_valid is not None and not self.distributed:
             raise ValueError("`compress_valid` needs `distributed: true`")
         if check_device(self.device) not in ("cpu", "auto") and self.distributed:

@@ -169,5 +169,7 @@ def test_select_cost_memory_mb_recomputes_rows_serial_and_on_ray(ray_local, data
         assert got.info["settings"]["cost_memory_mb"] == 0.01
         assert got.info["parts"][0]["poo_trace"] == stored.info["parts"][0]["poo_trace"]
         assert len(stored.info["parts"][0]["poo_trace"]) >= 2  # refinement accepted swaps
-    with pytest.raises(ValueError, match="cost_memory_mb"):
-        run_select(SelectConfig(**common, cost_memory_mb=0), features)
+    with pytest.raises(ValueError, match="cost_memory_mb"):  # refused when the config loads
+        SelectConfig(**common, cost_memory_mb=0)
+    with pytest.raises(ValueError, match="cost_memory_mb"):  # and by the library call
+        select_coreset(train, valid, grads, 16, 0.1, cost_memory_mb=-1.0)
