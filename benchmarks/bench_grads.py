@@ -21,12 +21,14 @@ denominator of the headline speed-up:
     One padded batch forward of 64 samples, then per sample ``autograd.grad(loss_i, target,
     retain_graph=True)`` (each backward walks the whole batch's graph, so it is timed once).
 
-Vectorised paths: ``hooks`` (the production default: LLaMA forward that skips what the gradients
-do not need), ``hooks_hf`` (the same hooks on the plain HF forward) and ``vmap``. ``hooks`` is also
-timed with ``with_hidden`` (final hidden states for LLM embeddings, as ``goracs features`` asks),
-and with the gradients projected to ``--proj-dim`` (``features.proj_dim``, read by the LESS
-baseline only): ``projection_overhead_ratio`` is the time with the projection over without.
-Prints `name: value` lines; the headline (hooks vs the faster loop) last.
+Vectorised paths: ``hooks`` (the default: hooks on the stock HF forward, public APIs only, the
+prompt prefix shared through the KV cache), ``fused`` (opt-in: the LLaMA-layout forward that skips
+what the gradients do not need, verified against ``hooks`` on a run's first batch), ``hooks_hf``
+(the hooks on one plain HF forward, no shared prefix) and ``vmap``. ``hooks`` and ``fused`` are
+also timed with ``with_hidden`` (final hidden states for LLM embeddings, as ``goracs features``
+asks), and ``hooks`` with the gradients projected to ``--proj-dim`` (``features.proj_dim``, read by
+the LESS baseline only): ``projection_overhead_ratio`` is the time with the projection over
+without. Prints `name: value` lines; the headline (the default ``hooks`` vs the faster loop) last.
 Usage: python benchmarks/bench_grads.py [--quick] [--target all_lora] [--task ctr]
 """
 
@@ -163,6 +165,8 @@ def main() -> None:
     )
     vmap, _, got_v = run(eager, "vmap")
     hooks_hf, _, got_hf = run(fast, "hooks_hf")
+    fused_emb, _, _ = run(fast, "fused", with_hidden=True)
+    fused, fused_cpu, got_f = run(fast, "fused")
     hooks_emb, _, _ = run(fast, "hooks", with_hidden=True)
     hooks, hooks_cpu, got_h = run(fast, "hooks")
     grad_dim = sum(dict(fast.named_parameters())[k].numel() for k in names)
@@ -184,13 +188,20 @@ def main() -> None:
     print(f"threads: {args.threads}")
     print(f"batches: {len(batches)}")
     print(f"mean_tokens_per_sample: {tokens:.1f}")
-    for name, got in (("loop_batch_forward", got_bf), ("vmap", got_v), ("hooks_hf", got_hf)):
+    for name, got in (
+        ("loop_batch_forward", got_bf),
+        ("vmap", got_v),
+        ("hooks_hf", got_hf),
+        ("fused", got_f),
+        ("hooks", got_h),
+    ):
         print(f"max_rel_err_{name}: {np.max(np.abs(got - ref[: len(got)]) / ref[: len(got)]):.2e}")
-    print(f"max_rel_err_hooks: {np.max(np.abs(got_h - ref) / ref):.2e}")
     print(f"loop_per_sample_samples_per_s: {loop:.1f}")
     print(f"loop_batch_forward_samples_per_s: {loop_bf:.1f}")
     print(f"vmap_samples_per_s: {vmap:.1f}")
     print(f"hooks_hf_samples_per_s: {hooks_hf:.1f}")
+    print(f"fused_with_hidden_samples_per_s: {fused_emb:.1f}")
+    print(f"fused_samples_per_s: {fused:.1f}")
     print(f"hooks_with_hidden_samples_per_s: {hooks_emb:.1f}")
     print(f"hooks_samples_per_s: {hooks:.1f}")
     print(f"proj_dim: {args.proj_dim}")
@@ -198,10 +209,13 @@ def main() -> None:
     print(f"hooks_projected_samples_per_s: {hooks_proj:.1f}")
     print(f"projection_overhead_ratio: {hooks / hooks_proj:.2f}")  # time with / without
     print(f"loop_baseline: {best_name}")
+    print(f"fused_speedup_cpu_time: {fused_cpu / best_cpu:.1f}")
     print(f"hooks_speedup_cpu_time: {hooks_cpu / best_cpu:.1f}")
-    print(f"hooks_hf_speedup: {hooks_hf / best:.1f}")
-    print(f"hooks_with_hidden_speedup: {hooks_emb / best:.1f}")
     print(f"vmap_speedup: {vmap / best:.1f}")
+    print(f"hooks_hf_speedup: {hooks_hf / best:.1f}")
+    print(f"fused_with_hidden_speedup: {fused_emb / best:.1f}")
+    print(f"fused_speedup: {fused / best:.1f}")
+    print(f"hooks_with_hidden_speedup: {hooks_emb / best:.1f}")
     print(f"hooks_speedup: {hooks / best:.1f}")
 
 

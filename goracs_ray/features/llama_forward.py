@@ -28,9 +28,12 @@ embedding, LM head), so the numbers equal the HF forward (tested against the per
 Everything that runs without autograd merges the LoRA adapters into one matmul per projection,
 normalises in fewer passes and writes its residual additions in place.
 
-LLaMA-architecture models (LLaMA, Mistral, Qwen2, Qwen3; :data:`LLAMA_LIKE`) on one device are
-supported (:func:`supports_llama_forward`); anything else (another architecture, a sliding attention
-window shorter than the batch, DeepSpeed ZeRO-3 partitioned weights) uses the HF forward.
+Models with the LLaMA decoder layout (LLaMA, Mistral, Qwen2, Qwen3) on one device pass the
+capability check (:func:`supports_fused_forward`); it is opt-in (``grad_method: fused``) and
+verified against the stock path on a run's first batch
+(:class:`~goracs_ray.features.grads.CheckedGrads`).
+Anything else (another layout, a sliding attention window shorter than the batch, DeepSpeed
+ZeRO-3 partitioned weights) uses the stock path.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from goracs_ray.data.schema import Task
+from goracs_ray.models.lm import sliding_window
 from goracs_ray.models.losses import (
     IGNORE_INDEX,
     answer_positions,
@@ -50,46 +54,79 @@ from goracs_ray.models.losses import (
     ctr_targets,
     token_loss_from_hidden,
 )
+from goracs_ray.models.text import shared_prefix_length
 
-__all__ = ["LLAMA_LIKE", "llama_losses", "supports_llama_forward"]
+__all__ = ["fused_forward_problem", "llama_losses", "supports_fused_forward"]
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
-
-MIN_SHARED_PREFIX = 8
-"""Shortest common prompt prefix (tokens) worth computing once per batch."""
 
 
 def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
-"""``model_type`` values with LLaMA's decoder layer (Mistral: the same; Qwen2: q/k/v biases;
-Qwen3: per-head RMSNorm of queries and keys)."""
+_LAYER_PARTS = {
+    "": {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"},
+    "self_attn": {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"},
+    "mlp": {"gate_proj", "up_proj", "down_proj", "act_fn"},
+}
+"""The submodules of a decoder layer this forward calls, and the only ones it may have (a layer
+with another one, e.g. Gemma-2's extra norms, computes something this forward does not)."""
+
+_LAYER_ATTRS = {
+    "self_attn": ("head_dim", "scaling", "num_key_value_groups"),
+    "input_layernorm": ("weight", "variance_epsilon"),
+    "post_attention_layernorm": ("weight", "variance_epsilon"),
+}
 
 
-def _attention_window(base) -> int | None:
-    """The smallest sliding attention window of any layer (None: full causal attention)."""
-    if base.config.model_type == "mistral":  # Mistral's window applies to every layer
-        return getattr(base.config, "sliding_window", None)
-    layers = base.get_decoder().layers
-    windows = [w for w in (getattr(x.self_attn, "sliding_window", None) for x in layers) if w]
-    return min(windows, default=None)
+def fused_forward_problem(model, names: list[str], seq_len: int | None = None) -> str | None:
+    """Why this forward cannot compute ``model`` (None: it can), by a capability check of the
+    modules it calls rather than by ``model_type``.
 
-
-def supports_llama_forward(model, names: list[str], seq_len: int | None = None) -> bool:
-    """True if this forward computes ``model`` exactly: a causal LM of a :data:`LLAMA_LIKE` type
-    on plain torch (not ZeRO-3 partitioned), every target in a decoder layer, and no sliding
-    attention window shorter than ``seq_len`` (any window when ``seq_len`` is None)."""
+    The model must be a causal LM on plain torch (not ZeRO-3 partitioned) whose decoder has
+    ``embed_tokens``, ``rotary_emb``, ``norm`` and ``layers``, each layer exactly the LLaMA
+    layout (:data:`_LAYER_PARTS`, :data:`_LAYER_ATTRS`: LLaMA, Mistral, Qwen2's biases, Qwen3's
+    q/k norms); every target in a decoder layer; no sliding attention window shorter than
+    ``seq_len`` (any window when ``seq_len`` is None). What the check cannot see (another
+    normalisation or embedding scale inside the same layout) is caught by
+    :class:`goracs_ray.features.grads.CheckedGrads`, which compares the first batch with the
+    stock path.
+    """
     base = _base(model)
-    if getattr(getattr(base, "config", None), "model_type", None) not in LLAMA_LIKE:
-        return False
+    try:
+        dec = base.get_decoder()
+        parts = [dec.embed_tokens, dec.rotary_emb, dec.norm, base.get_output_embeddings()]
+        layers = list(dec.layers)
+    except (AttributeError, TypeError, NotImplementedError) as exc:
+        return f"its decoder does not have the LLaMA layout ({exc})"
+    if any(p is None for p in parts) or not layers:
+        return "its decoder has no embedding, rotary embedding, final norm, head or layers"
     if hasattr(next(base.parameters()), "ds_id"):  # DeepSpeed ZeRO-3 partitions every parameter
-        return False
-    window = _attention_window(base)
+        return "its weights are partitioned by DeepSpeed ZeRO-3"
+    for index, layer in enumerate(layers):
+        for path, allowed in _LAYER_PARTS.items():
+            module = layer.get_submodule(path) if path else layer
+            have = {name for name, _ in module.named_children()} | (
+                {"act_fn"} if hasattr(module, "act_fn") else set()
+            )
+            required = allowed - {"q_norm", "k_norm"}
+            if not required <= have or have - allowed:
+                return f"decoder layer {index}.{path or 'children'}: {sorted(have)}"
+        for path, attrs in _LAYER_ATTRS.items():
+            if not all(hasattr(layer.get_submodule(path), a) for a in attrs):
+                return f"decoder layer {index}.{path} lacks one of {attrs}"
+    window = sliding_window(base.config)
     if window is not None and (seq_len is None or seq_len > window):
-        return False
-    return all(_LAYER_RE.search(n) for n in names)
+        return f"its sliding attention window ({window}) is shorter than the batch"
+    if not all(_LAYER_RE.search(n) for n in names):
+        return "a target is outside the decoder layers"
+    return None
+
+
+def supports_fused_forward(model, names: list[str], seq_len: int | None = None) -> bool:
+    """True if :func:`fused_forward_problem` finds none."""
+    return fused_forward_problem(model, names, seq_len) is None
 
 
 def _heads(y: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -374,13 +411,6 @@ def _join(parts: tuple[torch.Tensor, torch.Tensor], dim: int = 1) -> torch.Tenso
     return torch.cat([hp.expand(hs.shape[0], *hp.shape[1:]), hs], dim=dim)
 
 
-def _common_prefix(ids: torch.Tensor) -> int:
-    """Length of the token prefix shared by every row, leaving each row ≥ 1 own token."""
-    same = (ids == ids[:1]).all(dim=0)
-    differ = (~same).nonzero()
-    return int(differ[0, 0]) if len(differ) else ids.shape[1] - 1
-
-
 def _loss_slots(labels: torch.Tensor, task: Task) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, Q) positions whose logits enter the loss, and (B, Q) next-token targets (SeqRec)."""
     if task is Task.CTR:
@@ -549,9 +579,9 @@ def llama_losses(
     pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
     last = len(dec.layers) - 1
     with torch.no_grad():
-        prefix = _common_prefix(ids) if first > 0 and ids.shape[0] > 1 else 0
+        prefix = shared_prefix_length(ids) if first > 0 else 0
         parts = None
-        if prefix >= MIN_SHARED_PREFIX:
+        if prefix:
             embed = dec.embed_tokens
             parts = (embed(ids[:1, :prefix]), embed(ids[:, prefix:]))
             ropes = _prefix_ropes(dec, *parts)

@@ -19,6 +19,7 @@ __all__ = [
     "LoraSettings",
     "load_causal_lm",
     "set_trainable",
+    "sliding_window",
     "target_parameter_names",
 ]
 
@@ -138,3 +139,16 @@ def load_causal_lm(
         set_trainable(model, trainable)
     model.eval()
     return model, tokenizer
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a model whose layers use sliding-window attention (None: every
+    layer attends to the whole causal past), read from its HF config (Mistral's
+    ``sliding_window``; Qwen2/3's ``use_sliding_window`` and ``layer_types``)."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)

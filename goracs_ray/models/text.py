@@ -9,7 +9,16 @@ import torch
 
 from goracs_ray.models.losses import IGNORE_INDEX
 
-__all__ = ["LossOn", "pack_token_ids", "tokenize_samples"]
+__all__ = [
+    "MIN_SHARED_PREFIX",
+    "LossOn",
+    "pack_token_ids",
+    "shared_prefix_length",
+    "tokenize_samples",
+]
+
+MIN_SHARED_PREFIX = 8
+"""Shortest common prompt prefix (tokens) worth computing once per batch."""
 
 
 class LossOn(str, enum.Enum):
@@ -119,3 +128,19 @@ def pack_token_ids(
         labels[i, : len(lab)] = torch.tensor(lab)
         attention[i, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def shared_prefix_length(ids: torch.Tensor) -> int:
+    """Length of the token prefix shared by every row of ``ids`` (B, T) int64, leaving each row
+    ≥ 1 own token; 0 when shorter than :data:`MIN_SHARED_PREFIX` or for a single row.
+
+    Rows of one batch share the instruction text at their start; with causal attention the
+    prefix's keys, values and hidden states do not depend on what follows, so per-sample
+    gradient paths compute it once per batch.
+    """
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0)
+    differ = (~same).nonzero()
+    length = int(differ[0, 0]) if len(differ) else ids.shape[1] - 1
+    return length if length >= MIN_SHARED_PREFIX else 0

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from goracs_ray.data.prompts import format_prompt
-from goracs_ray.features import llama_forward
 from goracs_ray.features.grads import per_sample_grads
-from goracs_ray.features.llama_forward import supports_llama_forward
+from goracs_ray.features.llama_forward import fused_forward_problem, supports_fused_forward
+from goracs_ray.models import text
 from goracs_ray.models.lm import LoraSettings, load_causal_lm, target_parameter_names
 from goracs_ray.models.losses import ctr_token_ids
 from goracs_ray.models.synthetic import synthetic_samples
@@ -40,12 +40,13 @@ def warm(tiny_model_dir):
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
 @pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
-@pytest.mark.parametrize("method", ["hooks", "hooks_hf", "vmap"])
+@pytest.mark.parametrize("method", ["hooks", "fused", "hooks_hf", "vmap"])
 def test_vectorised_equals_loop(warm, task, target, method):
     model, tok = warm
-    batch = _batch(tok, task)
+    batch = _batch(tok, task, max_length=256)  # whole prompts: their instruction prefix shared
     names = target_parameter_names(model, target)
-    assert supports_llama_forward(model, names)  # `hooks` takes the LLaMA forward
+    assert supports_fused_forward(model, names)  # `fused` takes the LLaMA forward
+    assert text.shared_prefix_length(batch["input_ids"]) > 0  # `hooks` shares the prefix
     ids = ctr_token_ids(tok)
     ref = per_sample_grads(model, batch, names, task=task, method="loop", token_ids=ids)
     got = per_sample_grads(model, batch, names, task=task, method=method, token_ids=ids)
@@ -56,14 +57,15 @@ def test_vectorised_equals_loop(warm, task, target, method):
     np.testing.assert_allclose(got.losses.numpy(), ref.losses.numpy(), rtol=1e-5)
 
 
-def test_sdpa_hooks_equal_eager_loop(tiny_model_dir, warm):
+@pytest.mark.parametrize("method", ["hooks", "fused"])
+def test_sdpa_hooks_equal_eager_loop(tiny_model_dir, warm, method):
     model, tok = warm
     fast, _ = _warm_model(tiny_model_dir, attn="sdpa")
     fast.load_state_dict(model.state_dict())
     batch = _batch(tok, "seqrec")
     names = target_parameter_names(model, "all_lora")
     ref = per_sample_grads(model, batch, names, method="loop")
-    got = per_sample_grads(fast, batch, names, method="hooks")
+    got = per_sample_grads(fast, batch, names, method=method)
     np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
 
 
@@ -110,9 +112,10 @@ def _only_trainable(model, names):
         p.requires_grad_(name in names)
 
 
+@pytest.mark.parametrize("method", ["hooks", "fused"])
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
 @pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
-def test_llama_forward_hidden_equals_hf(tiny_model_dir, warm, task, target):
+def test_hidden_states_equal_hf(tiny_model_dir, warm, task, target, method):
     """Production setting (only the target trainable, sdpa): norms equal the loop, and the
     hidden states asked for embeddings equal the HF forward's at every position."""
     model, tok = _warm_model(tiny_model_dir, attn="sdpa")
@@ -124,47 +127,84 @@ def test_llama_forward_hidden_equals_hf(tiny_model_dir, warm, task, target):
     ref = per_sample_grads(model, batch, names, task=task, method="loop", token_ids=ids)
     hf = per_sample_grads(model, batch, names, task=task, method="hooks_hf", token_ids=ids,
                           with_hidden=True)  # fmt: skip
-    got = per_sample_grads(model, batch, names, task=task, token_ids=ids, with_hidden=True)
+    got = per_sample_grads(
+        model, batch, names, task=task, method=method, token_ids=ids, with_hidden=True
+    )
     np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
     np.testing.assert_allclose(got.losses.numpy(), ref.losses.numpy(), rtol=1e-5)
     real = batch["attention_mask"].bool()
     np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
-    assert per_sample_grads(model, batch, names, task=task, token_ids=ids).hidden is None
+    without = per_sample_grads(model, batch, names, task=task, method=method, token_ids=ids)
+    assert without.hidden is None
 
 
-def test_shared_prefix_path_equals_plain_path(warm, monkeypatch):
+@pytest.mark.parametrize("method", ["hooks", "fused"])
+@pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
+def test_shared_prefix_path_equals_plain_path(warm, monkeypatch, method, target):
     model, tok = warm
     batch = _batch(tok, "seqrec", n=6, max_length=256)
-    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
-    names = target_parameter_names(model, "last_v_lora_b")
-    shared = per_sample_grads(model, batch, names)
-    monkeypatch.setattr(llama_forward, "MIN_SHARED_PREFIX", 10**9)
-    plain = per_sample_grads(model, batch, names)
+    assert text.shared_prefix_length(batch["input_ids"]) >= text.MIN_SHARED_PREFIX
+    names = target_parameter_names(model, target)
+    embed = model.get_base_model().get_decoder().embed_tokens
+    seen = []
+    handle = embed.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
+    try:
+        shared = per_sample_grads(model, batch, names, method=method)
+    finally:
+        handle.remove()
+    prefix, rows = text.shared_prefix_length(batch["input_ids"]), batch["input_ids"].shape[0]
+    if method == "hooks" or target == "last_v_lora_b":  # fused: below its first target only
+        assert seen[0] == (1, prefix)  # the prefix once, then every row's own tokens
+        assert {shape[0] for shape in seen[1:]} == {rows}
+        assert sum(shape[1] for shape in seen[1:]) == batch["input_ids"].shape[1] - prefix
+    if method == "hooks":  # prefix, the prompts up to the first loss position, the rest
+        assert len(seen) == 3
+    monkeypatch.setattr(text, "MIN_SHARED_PREFIX", 10**9)
+    assert text.shared_prefix_length(batch["input_ids"]) == 0
+    plain = per_sample_grads(model, batch, names, method=method)
     np.testing.assert_allclose(shared.norms.numpy(), plain.norms.numpy(), rtol=1e-5)
     np.testing.assert_allclose(shared.grads.numpy(), plain.grads.numpy(), rtol=1e-4, atol=1e-7)
 
 
-def test_common_prefix_leaves_every_row_a_token():
+def test_common_prefix_leaves_every_row_a_token(monkeypatch):
     ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4]])
-    assert llama_forward._common_prefix(ids) == 3
-    assert llama_forward._common_prefix(ids[[0, 2]]) == 3  # identical rows
-    assert llama_forward._common_prefix(torch.tensor([[1, 2], [3, 2]])) == 0
+    assert text.shared_prefix_length(ids) == 0  # shorter than MIN_SHARED_PREFIX
+    monkeypatch.setattr(text, "MIN_SHARED_PREFIX", 1)
+    assert text.shared_prefix_length(ids) == 3
+    assert text.shared_prefix_length(ids[[0, 2]]) == 3  # identical rows
+    assert text.shared_prefix_length(ids[:1]) == 0  # one row: nothing to share
+    assert text.shared_prefix_length(torch.tensor([[1, 2], [3, 2]])) == 0
 
 
-def test_llama_forward_loss_on_all_tokens(warm):
+@pytest.mark.parametrize("method", ["hooks", "fused"])
+@pytest.mark.parametrize("target", ["last_v_lora_b", "all_lora"])
+def test_loss_on_all_tokens(warm, method, target):
+    """The loss also on the shared prefix's tokens: each row's gradient through the prefix
+    positions is its own (the stock path's per-row prefix hidden states)."""
     model, tok = warm
-    batch = _batch(tok, "seqrec", n=4, loss_on="all")
-    names = target_parameter_names(model, "last_v_lora_b")
+    batch = _batch(tok, "seqrec", n=4, loss_on="all", max_length=256)
+    assert text.shared_prefix_length(batch["input_ids"]) > 0
+    names = target_parameter_names(model, target)
     ref = per_sample_grads(model, batch, names, method="loop")
-    got = per_sample_grads(model, batch, names)
+    got = per_sample_grads(model, batch, names, method=method)
     np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
     np.testing.assert_allclose(got.losses.numpy(), ref.losses.numpy(), rtol=1e-5)
 
 
-def test_llama_forward_only_for_llama_targets_in_layers(warm):
+def test_fused_forward_capability_check(warm):
+    """The fused forward is chosen by the modules it calls, not by `model_type`."""
     model, _ = warm
-    assert not supports_llama_forward(torch.nn.Linear(2, 2), ["weight"])
-    assert not supports_llama_forward(model, ["base_model.model.lm_head.weight"])
+    names = target_parameter_names(model, "last_v_lora_b")
+    assert supports_fused_forward(model, names)
+    assert not supports_fused_forward(torch.nn.Linear(2, 2), ["weight"])
+    assert not supports_fused_forward(model, ["base_model.model.lm_head.weight"])
+    layer = model.get_base_model().get_decoder().layers[0]
+    layer.pre_feedforward_layernorm = torch.nn.Identity()  # a layout it does not compute
+    try:
+        assert "pre_feedforward_layernorm" in fused_forward_problem(model, names)
+    finally:
+        del layer.pre_feedforward_layernorm
+    assert supports_fused_forward(model, names)
 
 
 def test_llama_forward_is_ray_free():
@@ -177,18 +217,19 @@ def test_llama_forward_is_ray_free():
 
 
 def _check_shared_prefix_batch(model, tok, names):
-    """On 5 rows sharing their prompt prefix: `hooks` norms and gradients equal the per-sample
-    loop's, its hidden states the HF forward's. Returns the batch."""
+    """On 5 rows sharing their prompt prefix: `hooks` and `fused` norms and gradients equal the
+    per-sample loop's, their hidden states the HF forward's. Returns the batch."""
     batch = _batch(tok, "seqrec", n=5, max_length=256)
-    assert llama_forward._common_prefix(batch["input_ids"]) >= llama_forward.MIN_SHARED_PREFIX
+    assert text.shared_prefix_length(batch["input_ids"]) >= text.MIN_SHARED_PREFIX
     ref = per_sample_grads(model, batch, names, method="loop")
     hf = per_sample_grads(model, batch, names, method="hooks_hf", with_hidden=True)
-    got = per_sample_grads(model, batch, names, with_hidden=True)
     assert (ref.norms > 0).all()
-    np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
-    np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
     real = batch["attention_mask"].bool()
-    np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
+    for method in ("hooks", "fused"):
+        got = per_sample_grads(model, batch, names, method=method, with_hidden=True)
+        np.testing.assert_allclose(got.norms.numpy(), ref.norms.numpy(), rtol=1e-4)
+        np.testing.assert_allclose(got.grads.numpy(), ref.grads.numpy(), rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(got.hidden[real].numpy(), hf.hidden[real].numpy(), atol=1e-4)
     return batch
 
 
@@ -264,7 +305,7 @@ def test_llama_like_architectures(tiny_model_dir, tmp_path, model_type, override
     names = target_parameter_names(model, target)
     _only_trainable(model, names)
     batch = _check_shared_prefix_batch(model, tok, names)
-    assert supports_llama_forward(model, names, batch["input_ids"].shape[1]) is fast
+    assert supports_fused_forward(model, names, batch["input_ids"].shape[1]) is fast
 
 
 @pytest.mark.parametrize("fault", ["wrong", "raises"])
@@ -278,8 +319,8 @@ def test_a_broken_fused_forward_falls_back_to_the_stock_path(warm, monkeypatch, 
     model, tok = warm
     batch = _batch(tok, "seqrec")
     names = target_parameter_names(model, "last_v_lora_b")
-    stock = per_sample_grads(model, batch, names, method="hooks_hf")
-    good = grads.CheckedGrads("hooks")
+    stock = per_sample_grads(model, batch, names, method="hooks")
+    good = grads.CheckedGrads("fused")
     np.testing.assert_allclose(good(model, batch, names).norms, stock.norms, rtol=1e-4)
     assert good.fused is True  # verified: the fused path serves the next batches
 
@@ -292,7 +333,7 @@ def test_a_broken_fused_forward_falls_back_to_the_stock_path(warm, monkeypatch, 
         return losses * 1.5, hidden  # wrong losses: wrong gradients
 
     monkeypatch.setattr(grads, "llama_losses", broken)
-    checked = grads.CheckedGrads("hooks")
+    checked = grads.CheckedGrads("fused")
     with caplog.at_level(logging.WARNING, logger="goracs_ray.features.grads"):
         first = checked(model, batch, names)
         second = checked(model, batch, names)
