@@ -18,13 +18,15 @@ Five methods give the same numbers (tested to rel. error ≤ 1e-4):
 ``fused`` (opt-in)
     The same hooks on :func:`goracs_ray.features.llama_forward.llama_losses`, a forward of the
     LLaMA layout that also skips what the gradients do not need (the last layer's queries, MLP
-    and head only at loss positions, …): 2–3× ``hooks`` on CPU, but it reads model internals.
+    and head only at loss positions, …): about 2× ``hooks`` on CPU, but it reads model internals.
     Used where :func:`~goracs_ray.features.llama_forward.supports_fused_forward` holds and,
     through :class:`CheckedGrads` (as every ``goracs features`` actor runs it), only once its
     first batch has matched the stock path.
 ``hooks_hf``
-    ``hooks`` without the shared prefix: one HF forward of the whole rows. Under DeepSpeed
-    ZeRO-3 (whose gather hooks do not run inside a batched backward) ``hooks`` is this.
+    ``hooks`` without the shared prefix or segments: one HF forward of the whole rows. Under
+    DeepSpeed ZeRO-3 ``hooks`` is this: every rank must run the same forwards, each gathering the
+    partitioned weights collectively, whatever its batch (and the gathering does not run inside
+    a batched backward).
 ``vmap``
     ``torch.func.vmap(grad(loss))`` over the batch with ``functional_call``: generic (any
     parameter, not only Linear weights), but computes the full-vocabulary logits.
@@ -49,7 +51,7 @@ from transformers import DynamicCache
 from goracs_ray.data.schema import Task
 from goracs_ray.features.llama_forward import fused_forward_problem, llama_losses
 from goracs_ray.models import text
-from goracs_ray.models.lm import sliding_window
+from goracs_ray.models.lm import sliding_window, zero3_partitioned
 from goracs_ray.models.losses import (
     answer_positions,
     causal_lm_loss,
@@ -202,14 +204,11 @@ def _loss_start(labels: torch.Tensor, task: Task) -> int:
     return labels.shape[1] - loss_window(labels)
 
 
-def _stock_prefix(model, batch, task: Task, seq_len: int) -> int:
-    """Prefix length :func:`_stock_forward` shares (0: none): not under ZeRO-3 (its parameter
-    gathering does not run inside a batched backward) nor with a sliding window shorter than the
-    batch (the cache would drop the prefix's oldest keys)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if hasattr(next(base.parameters()), "ds_id"):
-        return 0
-    window = sliding_window(base.config)
+def _stock_prefix(model, batch) -> int:
+    """Prefix length :func:`_stock_forward` shares (0: none): not with a sliding window shorter
+    than the batch (the cache would drop the prefix's oldest keys)."""
+    seq_len = batch["input_ids"].shape[1]
+    window = sliding_window(model.config)
     if window is not None and seq_len > window:
         return 0
     return text.shared_prefix_length(batch["input_ids"])
@@ -249,7 +248,7 @@ def _grads_hooks(model, batch, names, task, token_ids, *, method: GradMethod, wi
 
     prefix = 0
     if method is GradMethod.HOOKS:
-        prefix = _stock_prefix(model, batch, task, batch["input_ids"].shape[1])
+        prefix = _stock_prefix(model, batch)
     handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(owners)]
     try:
         with torch.enable_grad():
@@ -412,8 +411,7 @@ def per_sample_grads(
     seq_len = batch["input_ids"].shape[1]
     if method is GradMethod.FUSED and fused_forward_problem(model, names, seq_len) is not None:
         method = GradMethod.HOOKS
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if method is GradMethod.HOOKS and hasattr(next(base.parameters()), "ds_id"):
+    if method is GradMethod.HOOKS and zero3_partitioned(model):
         # ZeRO-3: every rank must run the same forwards (each gathers the partitioned weights
         # collectively), whatever its batch; one forward of whole rows does
         method = GradMethod.HOOKS_HF
@@ -439,6 +437,7 @@ class CheckedGrads:
         self.rtol = rtol
         self.fused: bool | None = None
         """None until the first fused batch is checked; then whether the fused path is used."""
+        self._told: set[str] = set()
 
     def __call__(self, model, batch, names, **kw) -> PerSampleGrads:
         """Per-sample gradients of ``batch`` (arguments as :func:`per_sample_grads`)."""
@@ -446,8 +445,9 @@ class CheckedGrads:
             return per_sample_grads(model, batch, names, method=self.method, **kw)
         problem = fused_forward_problem(model, names, batch["input_ids"].shape[1])
         if self.fused is False or problem is not None:
-            if problem is not None and self.fused is None:
-                logger.info("fused forward not used for this batch: %s", problem)
+            if problem is not None and problem not in self._told:
+                self._told.add(problem)  # once per reason, not per batch
+                logger.info("fused forward not used: %s; using the stock path (hooks)", problem)
             return per_sample_grads(model, batch, names, method=GradMethod.HOOKS, **kw)
         if self.fused:
             try:

@@ -46,7 +46,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from goracs_ray.data.schema import Task
-from goracs_ray.models.lm import sliding_window
+from goracs_ray.models.lm import sliding_window, zero3_partitioned
 from goracs_ray.models.losses import (
     IGNORE_INDEX,
     answer_positions,
@@ -102,7 +102,7 @@ def fused_forward_problem(model, names: list[str], seq_len: int | None = None) -
         return f"its decoder does not have the LLaMA layout ({exc})"
     if any(p is None for p in parts) or not layers:
         return "its decoder has no embedding, rotary embedding, final norm, head or layers"
-    if hasattr(next(base.parameters()), "ds_id"):  # DeepSpeed ZeRO-3 partitions every parameter
+    if zero3_partitioned(base):
         return "its weights are partitioned by DeepSpeed ZeRO-3"
     for index, layer in enumerate(layers):
         for path, allowed in _LAYER_PARTS.items():

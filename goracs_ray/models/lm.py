@@ -21,6 +21,7 @@ __all__ = [
     "set_trainable",
     "sliding_window",
     "target_parameter_names",
+    "zero3_partitioned",
 ]
 
 logger = logging.getLogger(__name__)
@@ -152,3 +153,8 @@ def sliding_window(config) -> int | None:
     if layer_types is not None and "sliding_attention" not in layer_types:
         return None
     return int(window)
+
+
+def zero3_partitioned(model: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``model``'s parameters (each carries a ``ds_id``)."""
+    return hasattr(next(model.parameters()), "ds_id")
