@@ -47,7 +47,7 @@ from goracs_ray.io import atomic_file, read_json, write_json
 from goracs_ray.models.config import ModelConfig, model_fingerprint
 from goracs_ray.results import ArmResult, headline_metric, results_table, write_results
 from goracs_ray.select.config import SelectConfig
-from goracs_ray.stages import StageGraph, StageRecord, stage_key
+from goracs_ray.stages import StageGraph, StageRecord, check_run_format, stage_key
 from goracs_ray.storage import local_run_dir, open_mirror
 from goracs_ray.train.config import TrainConfig
 
@@ -381,6 +381,7 @@ def start_run(cfg: RunConfig, *, force: bool = False) -> tuple[Path, StageGraph,
     cfg.model.check_paths()  # before Ray starts
     mirror = open_mirror(cfg.run_dir)  # a URI that cannot be opened fails here
     run_dir = local_run_dir(cfg.run_dir, cfg.staging_dir)
+    check_run_format(run_dir, mirror, force=force, where=cfg.run_dir)  # before it is written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
@@ -405,12 +406,9 @@ def plan_run(cfg: RunConfig, arms: Sequence[Arm], *, force: bool = False) -> lis
     """Every stage ``cfg`` and ``arms`` would run, with its key and whether its output is cached;
     nothing is built and Ray is not started (``goracs run --dry-run``)."""
     cfg.model.check_paths()
-    graph = StageGraph(
-        local_run_dir(cfg.run_dir, cfg.staging_dir),
-        force=force,
-        dry_run=True,
-        mirror=open_mirror(cfg.run_dir),
-    )
+    run_dir, mirror = local_run_dir(cfg.run_dir, cfg.staging_dir), open_mirror(cfg.run_dir)
+    check_run_format(run_dir, mirror, force=force, where=cfg.run_dir)
+    graph = StageGraph(run_dir, force=force, dry_run=True, mirror=mirror)
     inputs = prepare_inputs(cfg, graph)
     for arm in arms:
         run_arm(graph, cfg, inputs, arm)

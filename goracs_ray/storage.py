@@ -82,6 +82,25 @@ class RunMirror:
         except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
 
+    def markers(self) -> dict[str, dict]:
+        """Every commit marker of the remote copy: ``{stage name: marker contents}``."""
+        try:
+            infos = _files_under(self.filesystem, self.base)
+        except (FileNotFoundError, OSError):
+            return {}
+        out: dict[str, dict] = {}
+        for info in infos:
+            if info.base_name != MARKER:
+                continue
+            name = info.path[len(self.base) + 1 : -len(MARKER) - 1]
+            try:
+                with self.filesystem.open_input_stream(info.path) as f:
+                    marker = json.loads(f.read().decode())
+            except (OSError, json.JSONDecodeError):
+                marker = {}
+            out[name] = marker if isinstance(marker, dict) else {}
+        return out
+
     def pull_stage(self, name: str, key: str, local: Path) -> bool:
         """Download stage ``name`` into ``local`` when the remote copy is complete for ``key``
         and ``local`` does not already hold that key. Returns whether it downloaded."""

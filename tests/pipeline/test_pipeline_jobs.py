@@ -167,3 +167,38 @@ def test_rerun_is_a_no_op_and_new_lambda_reruns_only_selection_onwards(
     assert {r.name: r.key for r in changed.stages} == {r.name: r.key for r in plan}
     rerun = sorted(rec.name for rec in changed.stages if not rec.cached)
     assert rerun == ["evaluate/goracs", "finetune/goracs", "select/goracs"]
+
+
+def test_a_run_dir_from_an_older_format_is_refused_not_rebuilt_over(
+    submitted_run, tmp_path, ray_local
+):
+    """A run directory whose markers the previous layout wrote (no ``format`` field, run format 1)
+    is refused with one error naming its stages and the way out, before anything in it changes;
+    ``force`` plans a rebuild in place."""
+    from goracs_ray.pipeline import plan_run, run_arms_of
+    from goracs_ray.stages import RUN_FORMAT, StaleRunDirError
+
+    _, _, run_dir = submitted_run
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    markers = sorted(old.rglob("_stage.json"))
+    assert markers
+    assert all(json.loads(m.read_text())["format"] == RUN_FORMAT for m in markers)
+    for m in markers:  # what the writer before the format field left
+        marker = json.loads(m.read_text())
+        del marker["format"]
+        m.write_text(json.dumps(marker))
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    cfg = load_config(run_dir / "config.yaml", [f"run_dir={old}"])
+
+    message = r"run_dir .*old_run: \d+ stage\(s\) were written by an older goracs_ray"
+    message += r" \(run format 1;"
+    with pytest.raises(StaleRunDirError, match=message + r".*new run_dir, or rerun with --force"):
+        run_pipeline(cfg)
+    with pytest.raises(StaleRunDirError, match=r"evaluate/goracs/_stage\.json, .* and \d+ more"):
+        plan_run(cfg, run_arms_of(cfg))  # --dry-run says the same
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # untouched
+
+    forced = plan_run(cfg, run_arms_of(cfg), force=True)
+    assert forced
+    assert not any(r.cached for r in forced)  # --force: every stage rebuilt in place

@@ -128,6 +128,27 @@ def test_a_stage_without_its_commit_marker_is_never_read_and_a_new_key_replaces_
     assert names == ["_stage.json", "new.txt"]
 
 
+def test_a_bucket_run_dir_from_an_older_format_is_refused(s3_endpoint, tmp_path):
+    """The format check reads the remote copy's markers too: a bucket run made by the previous
+    layout (markers without ``format``) is refused though the local staging dir is empty."""
+    from goracs_ray.stages import RUN_FORMAT, StaleRunDirError, check_run_format
+    from goracs_ray.storage import open_mirror
+
+    mirror = open_mirror(f"s3://{BUCKET}/formats")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "_stage.json").write_text(json.dumps({"key": "k", "format": RUN_FORMAT}))
+    mirror.push_stage("select/goracs", "k", stage)
+    check_run_format(tmp_path / "staging", mirror)  # the current format: accepted
+    assert mirror.markers() == {"select/goracs": {"key": "k", "format": RUN_FORMAT}}
+
+    (stage / "_stage.json").write_text(json.dumps({"key": "old"}))
+    mirror.push_stage("features", "old", stage)
+    with pytest.raises(StaleRunDirError, match=r"s3://goracs-runs/formats/features/_stage\.json"):
+        check_run_format(tmp_path / "staging", mirror)
+    check_run_format(tmp_path / "staging", mirror, force=True)  # --force: rebuilt in place
+
+
 def test_a_uri_that_cannot_be_opened_fails_before_any_work(s3_endpoint, tmp_path):
     from goracs_ray.storage import open_mirror
 
