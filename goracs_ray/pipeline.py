@@ -12,7 +12,7 @@ is self-describing: ``config.yaml`` (replayable with ``goracs run <run_dir>/conf
 
 Layout of ``run_dir``::
 
-    prepare/samples/{train,valid,test,items}.parquet, dataset_card.json
+    prepare/samples/{train,valid,test,early_stop,items}.parquet, dataset_card.json
     model/                      tiny HF model (only when ``model.path`` is not given)
     features/                   features Parquet shards + _manifest.json
     select/<method>/            coreset.parquet, coreset_samples.parquet, selection_trace.json
@@ -43,6 +43,7 @@ import yaml
 
 from goracs_ray.config import RunConfig
 from goracs_ray.configutil import to_dict
+from goracs_ray.data.config import DataConfig
 from goracs_ray.io import atomic_file, read_json, write_json
 from goracs_ray.models.config import ModelConfig, model_fingerprint
 from goracs_ray.results import ArmResult, headline_metric, results_table, write_results
@@ -163,7 +164,7 @@ class Inputs:
     """What every arm of a run reads: the prepared samples, the base model and the features."""
 
     samples_dir: Path
-    """``prepare/samples`` ({train,valid,test,items}.parquet)."""
+    """``prepare/samples`` ({train,valid,test,early_stop,items}.parquet)."""
     model: ModelConfig
     """``cfg.model`` with ``path`` set (the built tiny model unless the user gave one)."""
     features_dir: Path
@@ -211,6 +212,12 @@ def selection_arm(
     select_cfg = dataclasses.replace(base, method=method, options=options, budget=budget, seed=seed)
     what = {"budget": budget, "seed": seed, "options": select_cfg.method_options()}
     return Arm(name, path, select_cfg, what, train_seed=train_seed)
+
+
+def stop_split(data: DataConfig) -> str:
+    """The samples file fine-tuning early-stops on: ``early_stop.parquet`` when
+    ``data.early_stop_size`` sets one apart, else ``valid.parquet`` (the reference)."""
+    return "early_stop.parquet" if data.early_stop_size else "valid.parquet"
 
 
 def prepare_inputs(cfg: RunConfig, graph: StageGraph) -> Inputs:
@@ -298,7 +305,7 @@ def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmR
             train_cfg,
             model=inputs.model,
             train_samples=train_samples,
-            valid_samples=samples_dir / "valid.parquet",
+            valid_samples=samples_dir / stop_split(cfg.data),
             out_dir=out,
             task=task,
         )

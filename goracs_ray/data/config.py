@@ -137,6 +137,12 @@ class DataConfig:
     ``valid_size`` before them → valid. ``final_block``: the most recent ``valid_size +
     test_size`` samples split at random (seeded) into valid and test, so that valid is drawn
     like test (on a small user slice the reference split gives them different users)."""
+    early_stop_size: int | float = 0
+    """Samples taken at random (seeded) out of the valid split into an ``early_stop`` split
+    (``early_stop.parquet``): a count (int) or a fraction of valid in (0, 1). When > 0,
+    fine-tuning early-stops on it and reports its loss as the valid loss, so that the valid
+    samples selection matches (GORACS's OT target) are not also the ones that pick the epoch and
+    measure the result; ``0`` (the reference): both use the whole valid split."""
     rating_threshold: float = 3.0
     """CTR: rating > threshold is a like ("Yes"); also splits the history."""
     num_negatives: int = 99
@@ -165,6 +171,14 @@ class DataConfig:
                 )
             if isinstance(value, int) and value < 0:
                 raise ValueError(f"`{name}` must be ≥ 0, got {value}")
+        size = self.early_stop_size
+        if isinstance(size, float) and not 0.0 <= size < 1.0:
+            raise ValueError(
+                f"`early_stop_size` as a fraction of valid must be in [0, 1), got {size}; "
+                "write a whole number (e.g. 500) for a count"
+            )
+        if isinstance(size, int) and size < 0:
+            raise ValueError(f"`early_stop_size` must be ≥ 0, got {size}")
         if self.split not in ("temporal", "final_block"):
             raise ValueError(f"`split` must be 'temporal' or 'final_block', got {self.split!r}")
         if self.num_negatives < 0:

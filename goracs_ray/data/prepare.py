@@ -124,6 +124,7 @@ def prepare(
             cfg.test_size,
             mode=cfg.split,
             seed=cfg.seed,
+            early_stop_size=cfg.early_stop_size,
         )
         bar.update()
         catalog = np.sort(events["item"].unique()).astype(object)
@@ -161,11 +162,16 @@ def _write(out: Path, samples, catalog, data, card: dict[str, Any]) -> None:
         schema=ITEM_SCHEMA,
     )
     with atomic_dir(out, overwrite=True) as part:
-        for split in SPLITS:
+        for split in _written_splits(samples):
             table = samples_to_table(samples[samples["split"] == split])
             write_parquet(part / f"{split}.parquet", table)
         write_parquet(part / "items.parquet", items)
         write_json(part / CARD_NAME, card)
+
+
+def _written_splits(samples: pd.DataFrame) -> list[str]:
+    """train, valid and test always; ``early_stop`` only when ``early_stop_size`` made one."""
+    return [s for s in SPLITS if s != "early_stop" or (samples["split"] == s).any()]
 
 
 def _split_stats(df: pd.DataFrame) -> dict[str, Any]:
@@ -205,7 +211,9 @@ def _card(cfg, key, checksums, data, events, samples, catalog) -> dict[str, Any]
             **_counts(data.events),
         },
         "kept": _counts(events),
-        "splits": {s: _split_stats(samples[samples["split"] == s]) for s in SPLITS},
+        "splits": {
+            s: _split_stats(samples[samples["split"] == s]) for s in _written_splits(samples)
+        },
         "schema": {f.name: str(f.type) for f in SAMPLE_SCHEMA},
         "config": to_dict(cfg),
     }

@@ -33,7 +33,7 @@ __all__ = [
     "split_sizes",
 ]
 
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "early_stop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +213,7 @@ def assign_splits(
     *,
     mode: str = "temporal",
     seed: int = 0,
+    early_stop_size: int | float = 0,
 ) -> pd.DataFrame:
     """Global temporal split: sort by (target timestamp, sample_id); the rest → train, then the
     most recent ``valid_size + test_size`` samples are held out.
@@ -223,17 +224,40 @@ def assign_splits(
     the held-out period is short or holds few users, e.g. on a small user slice, where the
     reference split gives valid and test samples from different users.
 
+    ``early_stop_size`` > 0 (a count, or a fraction of valid): that many valid samples, drawn at
+    random (seeded), become ``early_stop`` instead, a validation set disjoint from valid.
+
     Returns ``samples`` in time order with a ``split`` column.
+
+    Raises
+    ------
+    ValueError
+        ``early_stop_size`` takes the whole valid split.
     """
     ordered = samples.sort_values(["timestamp", "sample_id"], kind="stable")
     n_train, n_valid, n_test = split_sizes(len(ordered), valid_size, test_size)
-    split = np.repeat(np.array(SPLITS, dtype=object), [n_train, n_valid, n_test])
+    split = np.repeat(np.array(SPLITS[:3], dtype=object), [n_train, n_valid, n_test])
     if mode == "final_block":
         held = split[n_train:]
         np.random.default_rng(seed).shuffle(held)
         split[n_train:] = held
     elif mode != "temporal":
         raise ValueError(f"`split` must be 'temporal' or 'final_block', got {mode!r}")
+    if early_stop_size:
+        n_stop = (
+            max(1, round(early_stop_size * n_valid))
+            if isinstance(early_stop_size, float)
+            else early_stop_size
+        )
+        if n_stop >= n_valid:
+            raise ValueError(
+                f"`early_stop_size`={early_stop_size} takes {n_stop} of the {n_valid} valid "
+                "samples, leaving none for the valid split that selection matches; lower it or "
+                "raise `valid_size`"
+            )
+        valid_rows = np.flatnonzero(split == "valid")
+        stop_rows = np.random.default_rng([seed, 1]).choice(valid_rows, n_stop, replace=False)
+        split[stop_rows] = "early_stop"
     return ordered.assign(split=split).reset_index(drop=True)
 
 

@@ -134,6 +134,38 @@ def test_final_block_split_draws_valid_like_test(tmp_path, toy_source):
         _cfg(toy_source("recbole"), split="random")
 
 
+def test_early_stop_split_is_a_seeded_disjoint_part_of_valid(tmp_path, toy_source):
+    """`early_stop_size`: that many valid samples move to `early_stop.parquet`; train and test
+    are unchanged, valid and early_stop are disjoint and together the old valid split."""
+    kw = {"valid_size": 8, "test_size": 8, "split": "final_block"}
+    out = prepare(_cfg(toy_source("recbole"), **kw), tmp_path / "ref", progress=False)
+    assert not (out / "early_stop.parquet").exists()  # the default: early stopping on valid
+    ref = {s: _read(out, s).to_pandas() for s in ("train", "valid", "test")}
+    got = {}
+    for name, size in [("count", 3), ("fraction", 0.375), ("again", 3)]:
+        out = prepare(_cfg(toy_source("recbole"), early_stop_size=size, **kw), tmp_path / name,
+                      progress=False)  # fmt: skip
+        got[name] = {s: _read(out, s).to_pandas() for s in [*ref, "early_stop"]}
+    split = got["count"]
+    assert len(split["early_stop"]) == 3
+    assert len(split["valid"]) == 5
+    assert not set(split["valid"].sample_id) & set(split["early_stop"].sample_id)
+    assert sorted([*split["valid"].sample_id, *split["early_stop"].sample_id]) == sorted(
+        ref["valid"].sample_id
+    )
+    for s in ("train", "test"):
+        assert sorted(split[s].sample_id) == sorted(ref[s].sample_id)
+    assert all(len(n) == 5 for n in split["early_stop"].negatives)  # scored like valid
+    for name in ("fraction", "again"):  # 0.375 of 8 = 3; and the same seed, the same draw
+        assert sorted(got[name]["early_stop"].sample_id) == sorted(split["early_stop"].sample_id)
+    with pytest.raises(ValueError, match=r"`early_stop_size`=8 takes 8 of the 8 valid"):
+        prepare(_cfg(toy_source("recbole"), early_stop_size=8, **kw), tmp_path / "all",
+                progress=False)  # fmt: skip
+    assert not (tmp_path / "all" / "samples").exists()
+    with pytest.raises(ValueError, match=r"`early_stop_size` as a fraction of valid"):
+        _cfg(toy_source("recbole"), early_stop_size=1.5)
+
+
 def test_negatives_outside_whole_history_and_seeded(tmp_path, toy_source, toy):
     src = toy_source("recbole")
     a = prepare(_cfg(src), tmp_path / "a", progress=False)

@@ -51,3 +51,12 @@ def _toy(tmp_path, make_toy_run_config):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(make_toy_run_config(tmp_path)))
     return path
+
+
+def test_fine_tuning_early_stops_on_the_early_stop_split_when_one_is_set(tmp_path):
+    from goracs_ray.data.config import DataConfig
+    from goracs_ray.pipeline import stop_split
+
+    assert stop_split(DataConfig()) == "valid.parquet"  # the reference: the valid split
+    assert stop_split(DataConfig(early_stop_size=0.5)) == "early_stop.parquet"
+    assert stop_split(DataConfig(early_stop_size=200)) == "early_stop.parquet"
