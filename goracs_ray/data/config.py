@@ -162,23 +162,15 @@ class DataConfig:
                 f"`min_history` must be in [0, history_length={self.history_length}], "
                 f"got {self.min_history}"
             )
-        for name in ("valid_size", "test_size"):
+        for name in ("valid_size", "test_size", "early_stop_size"):
             value = getattr(self, name)
             if isinstance(value, float) and not 0.0 <= value < 1.0:
                 raise ValueError(
                     f"`{name}` as a fraction must be in [0, 1), got {value}; "
-                    "write a whole number (e.g. 5000) for a count"
+                    "write a whole number (e.g. 500) for a count"
                 )
             if isinstance(value, int) and value < 0:
                 raise ValueError(f"`{name}` must be ≥ 0, got {value}")
-        size = self.early_stop_size
-        if isinstance(size, float) and not 0.0 <= size < 1.0:
-            raise ValueError(
-                f"`early_stop_size` as a fraction of valid must be in [0, 1), got {size}; "
-                "write a whole number (e.g. 500) for a count"
-            )
-        if isinstance(size, int) and size < 0:
-            raise ValueError(f"`early_stop_size` must be ≥ 0, got {size}")
         if self.split not in ("temporal", "final_block"):
             raise ValueError(f"`split` must be 'temporal' or 'final_block', got {self.split!r}")
         if self.num_negatives < 0:

@@ -162,7 +162,7 @@ def test_early_stop_split_is_a_seeded_disjoint_part_of_valid(tmp_path, toy_sourc
         prepare(_cfg(toy_source("recbole"), early_stop_size=8, **kw), tmp_path / "all",
                 progress=False)  # fmt: skip
     assert not (tmp_path / "all" / "samples").exists()
-    with pytest.raises(ValueError, match=r"`early_stop_size` as a fraction of valid"):
+    with pytest.raises(ValueError, match=r"`early_stop_size` as a fraction must be in \[0, 1\)"):
         _cfg(toy_source("recbole"), early_stop_size=1.5)
 
 
