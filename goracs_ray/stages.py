@@ -86,7 +86,7 @@ def check_run_format(
                 marker = {}  # unreadable: treat as the oldest format, never reuse it
             fmt = marker_format(marker) if isinstance(marker, dict) else 1
             if fmt != RUN_FORMAT:
-                found[str(path.relative_to(run_dir).parent / path.name)] = fmt
+                found[str(path.relative_to(run_dir))] = fmt
     if mirror is not None:
         for name, marker in mirror.markers().items():
             if (fmt := marker_format(marker)) != RUN_FORMAT:

@@ -183,6 +183,13 @@ def _append(rows, task, user, pos, items, names, st, i, text, label, stamp) -> N
     rows["negatives"].append([])
 
 
+def _count(size: int | float, n: int) -> int:
+    """A size as a count: an int as is, a fraction of ``n`` rounded, but to ≥ 1 when > 0."""
+    if isinstance(size, float):
+        return max(1, round(size * n)) if size > 0 else 0
+    return size
+
+
 def split_sizes(n: int, valid_size: int | float, test_size: int | float) -> tuple[int, int, int]:
     """(train, valid, test) counts; a fraction rounds, but to at least 1 when it is > 0.
 
@@ -192,12 +199,7 @@ def split_sizes(n: int, valid_size: int | float, test_size: int | float) -> tupl
         If nothing is left for train.
     """
 
-    def count(size: int | float) -> int:
-        if isinstance(size, float):
-            return max(1, round(size * n)) if size > 0 else 0
-        return size
-
-    valid, test = count(valid_size), count(test_size)
+    valid, test = _count(valid_size, n), _count(test_size, n)
     if valid + test >= n:
         raise ValueError(
             f"`valid_size`={valid_size} and `test_size`={test_size} take {valid + test} of the "
@@ -244,11 +246,7 @@ def assign_splits(
     elif mode != "temporal":
         raise ValueError(f"`split` must be 'temporal' or 'final_block', got {mode!r}")
     if early_stop_size:
-        n_stop = (
-            max(1, round(early_stop_size * n_valid))
-            if isinstance(early_stop_size, float)
-            else early_stop_size
-        )
+        n_stop = _count(early_stop_size, n_valid)
         if n_stop >= n_valid:
             raise ValueError(
                 f"`early_stop_size`={early_stop_size} takes {n_stop} of the {n_valid} valid "
