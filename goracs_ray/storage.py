@@ -74,13 +74,19 @@ class RunMirror:
     def _remote(self, name: str) -> str:
         return f"{self.base}/{name}" if name else self.base
 
+    def _read_marker(self, path: str) -> dict | None:
+        """The commit marker at ``path`` in the filesystem; None if absent or unreadable."""
+        try:
+            with self.filesystem.open_input_stream(path) as f:
+                marker = json.loads(f.read().decode())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return marker if isinstance(marker, dict) else None
+
     def marker_key(self, name: str) -> str | None:
         """Key in the remote commit marker of stage ``name``; None if the stage is not there."""
-        try:
-            with self.filesystem.open_input_stream(self._remote(f"{name}/{MARKER}")) as f:
-                return json.loads(f.read().decode()).get("key")
-        except (FileNotFoundError, OSError, json.JSONDecodeError):
-            return None
+        marker = self._read_marker(self._remote(f"{name}/{MARKER}"))
+        return None if marker is None else marker.get("key")
 
     def markers(self) -> dict[str, dict]:
         """Every commit marker of the remote copy: ``{stage name: marker contents}``."""
@@ -93,12 +99,7 @@ class RunMirror:
             if info.base_name != MARKER:
                 continue
             name = info.path[len(self.base) + 1 : -len(MARKER) - 1]
-            try:
-                with self.filesystem.open_input_stream(info.path) as f:
-                    marker = json.loads(f.read().decode())
-            except (OSError, json.JSONDecodeError):
-                marker = {}
-            out[name] = marker if isinstance(marker, dict) else {}
+            out[name] = self._read_marker(info.path) or {}  # unreadable: the oldest format
         return out
 
     def pull_stage(self, name: str, key: str, local: Path) -> bool:
