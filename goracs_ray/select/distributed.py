@@ -279,6 +279,10 @@ class _SelectorActor:
         """The Ray row store: the shard actors behind the common :class:`PartsStore`."""
         return PartsStore(self._call, self.n_rows)
 
+    def drop_row_caches(self) -> None:
+        """Free the shards' candidate-row caches (recomputed rows; answers are unchanged)."""
+        self._call("drop_row_cache")
+
     def _pool(self, n_workers: int | None) -> _EvaluatorPool:
         return _EvaluatorPool(self.evaluators[: n_workers or len(self.evaluators)])
 

@@ -191,7 +191,8 @@ def recomputed_store(
     :func:`goracs_ray.select.cost.cost_scales`. Same rows (bit for bit) and so the same coreset
     as ``memory_store(cost_matrix(...).values)``. ``device``: where rows and screening bounds
     are computed (:mod:`goracs_ray.select.kernels`; a torch device gives rows within 1e-6).
-    Memory: N·d·4 + N·64·4 bytes plus ``memory_bytes`` per shard for a block's temporaries.
+    Memory: N·(d + 68)·4 bytes plus, per shard, ``memory_bytes`` for a block's temporaries and
+    as many for the cache of the rows the refinement screens (:class:`RecomputedShard`).
     """
     shards = [
         RecomputedShard(

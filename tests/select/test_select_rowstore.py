@@ -12,7 +12,8 @@ import pytest
 from goracs_ray.select.cost import cost_matrix
 from goracs_ray.select.itra import itra
 from goracs_ray.select.ot import solve_ot
-from goracs_ray.select.rowstore import memory_store, recomputed_store
+from goracs_ray.select.rowstore import PartsStore, memory_store, recomputed_store
+from goracs_ray.select.sharded import RecomputedShard
 
 
 def _mixture(seed: int, n_train: int, n_valid: int, dim: int = 8, k: int = 4):
@@ -42,6 +43,34 @@ def test_recomputed_rows_give_the_in_memory_coreset(estimator):
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.refinement.swaps, want.refinement.swaps)
     np.testing.assert_allclose(got.poo_trace, want.poo_trace, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("capacity", [25, 600])
+def test_candidate_row_cache_gives_the_stored_rows_answers(capacity):
+    """The recomputed shard's LRU cache of candidate rows: same swaps and POO trace as the
+    stored cost, never more rows than its budget; with room for every row, each row is
+    recomputed once and later reads hit."""
+    train, valid, grads = _mixture(1, 600, 40)
+    full = cost_matrix(train, valid, grads, lam=0.5)
+    shard = RecomputedShard(
+        train, valid, grads, start=0, memory_bytes=40_000, cache_bytes=capacity * 40 * 4
+    )
+    shard.normalize(full.scales)
+    assert shard.cache_capacity == capacity
+    opts = {"estimator": "corrected", "max_iters": 5, "cut_num": 8, "batch_size": 2}
+    want = itra(full.values, 20, **opts)
+    got = itra(PartsStore.local([shard]), 20, **opts)
+    assert want.refinement.swaps.shape[0] >= 2  # several dual refreshes
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.refinement.swaps, want.refinement.swaps)
+    np.testing.assert_allclose(got.poo_trace, want.poo_trace, rtol=0, atol=0)
+    assert 0 < shard.cached_rows() <= capacity
+    assert shard.cache_misses > 0
+    if capacity == 600:
+        assert shard.cache_misses == shard.cached_rows()  # no row recomputed twice
+        assert shard.cache_hits > shard.cache_misses
+    shard.drop_row_cache()
+    assert shard.cached_rows() == 0
 
 
 def _reference_greedy32(cost: np.ndarray, n: int) -> list[int]:
