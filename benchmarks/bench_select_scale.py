@@ -160,6 +160,7 @@ def main() -> None:
             selector.refine.remote(greedy.indices, ItraOptions(**opts, max_iters=args.swaps))
         ),
     )
+    cache = ray.get(selector.row_cache_stats.remote())
     k = min(args.compare_swaps, len(one.swaps), len(two.swaps))
     same = np.array_equal(one.swaps[:k], two.swaps[:k])
     t1 = one.swap_seconds[k] - one.swap_seconds[0]
@@ -176,6 +177,10 @@ def main() -> None:
     print(f"exchange_refresh_seconds: {refresh:.1f}")
     print(f"exchange_wave_seconds: {wave_s:.1f} ({len(waves)} waves)")
     print(f"rows_scored_per_refresh: {scored:.0f} of {n_train}")
+    hits, misses = sum(c["hits"] for c in cache), sum(c["misses"] for c in cache)
+    print(f"row_cache_hit_rate: {hits / max(1, hits + misses):.3f} "
+          f"({(hits + misses) / max(1, len(info['refreshes'])):.0f} rows read per refresh, "
+          f"{sum(c['capacity'] for c in cache)} cached at most)")  # fmt: skip
     print(f"wave_speedup_2_over_1: {w1 / w2:.2f} (first {k} swaps: {w1:.1f} s vs {w2:.1f} s)")
     print(f"same_swaps_1_vs_2: {same} (first {k})")
     print(f"exchange_speedup_2_over_1: {t1 / t2:.2f} (first {k} swaps: {t1:.1f} s vs {t2:.1f} s)")

@@ -49,10 +49,10 @@ class SelectConfig:
     rows within 1e-6, same coreset) or ``auto`` (CUDA when torch sees a GPU, else cpu)."""
     cost_memory_mb: float | None = None
     """GORACS: never store the N×M cost; recompute its rows from the embeddings on demand, in
-    blocks whose temporaries fit this many MiB (per shard actor when distributed); as many MiB
-    again cache the rows the refinement screens. Same coreset; memory N·(d + 68)·4 bytes plus
-    twice the budget instead of N·M·4, at the price of recomputing rows (each pass over them is
-    an N×d by d×M product). None: the cost is stored (fastest)."""
+    blocks whose temporaries fit this many MiB (per shard actor when distributed); twice as many
+    MiB cache the rows the refinement screens. Same coreset; memory N·(d + 68)·4 bytes plus
+    three times the budget instead of N·M·4, at the price of recomputing rows (each pass over
+    them is an N×d by d×M product). None: the cost is stored (fastest)."""
     distributed: bool = False
     """Run GORACS on Ray: row-sharded cost, parallel OT evaluators (same coreset as serial)."""
     workers: int = 2

@@ -283,6 +283,10 @@ class _SelectorActor:
         """Free the shards' candidate-row caches (recomputed rows; answers are unchanged)."""
         self._call("drop_row_cache")
 
+    def row_cache_stats(self) -> list[dict[str, int]]:
+        """Per shard: its candidate-row cache's capacity, rows held, hits and misses."""
+        return self._call("row_cache_stats")
+
     def _pool(self, n_workers: int | None) -> _EvaluatorPool:
         return _EvaluatorPool(self.evaluators[: n_workers or len(self.evaluators)])
 

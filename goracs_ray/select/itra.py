@@ -379,7 +379,7 @@ def select_features(
     demand, in blocks whose temporaries fit this many MiB (the same rows bit for bit, hence the
     same coreset; :func:`goracs_ray.select.rowstore.recomputed_store`).
     Memory: the largest class's N_k·M_k·4-byte cost matrix plus ITRA's working set; with
-    ``cost_memory_mb``, N_k·(d + 68)·4 bytes plus twice that budget (blocks, candidate rows).
+    ``cost_memory_mb``, N_k·(d + 68)·4 bytes plus 3× that budget (blocks, candidate rows).
     """
     if cost_memory_mb is not None and not cost_memory_mb > 0:
         raise ValueError(f"`cost_memory_mb` must be > 0 or None, got {cost_memory_mb!r}")

@@ -192,7 +192,7 @@ def recomputed_store(
     as ``memory_store(cost_matrix(...).values)``. ``device``: where rows and screening bounds
     are computed (:mod:`goracs_ray.select.kernels`; a torch device gives rows within 1e-6).
     Memory: N·(d + 68)·4 bytes plus, per shard, ``memory_bytes`` for a block's temporaries and
-    as many for the cache of the rows the refinement screens (:class:`RecomputedShard`).
+    twice as many for the cache of the rows the refinement screens (:class:`RecomputedShard`).
     """
     shards = [
         RecomputedShard(

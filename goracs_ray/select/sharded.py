@@ -165,6 +165,7 @@ class RowShard:
         self._heap: list[tuple[float, int]] | None = None
         self._held: tuple[float, int] | None = None
         self.n_gain_evals = 0
+        self.n_refreshes = 0  # calls of `candidates` (the candidate-row cache's clock)
 
     # -- rows (subclasses) -------------------------------------------------------------------
     def block(self, local: np.ndarray) -> np.ndarray:
@@ -185,6 +186,11 @@ class RowShard:
 
     def drop_row_cache(self) -> None:
         """Free the cached candidate rows, if any (answers are unchanged)."""
+
+    def row_cache_stats(self) -> dict[str, int]:
+        """Candidate-row cache: ``capacity`` (rows), ``held``, and ``hits`` and ``misses`` since
+        it was last dropped."""
+        return {"capacity": 0, "held": 0, "hits": 0, "misses": 0}
 
     def _group_minima(self) -> None:
         self.group_min = np.empty((self.stop - self.start, len(self.group_starts)), np.float32)
@@ -385,6 +391,7 @@ class RowShard:
         cut_num : int
         estimator : Estimator
         """
+        self.n_refreshes += 1
         n = len(members)
         own_members = np.sort(np.asarray(members)[self.owns(members)])
         is_outside = np.ones(self.stop - self.start, dtype=bool)  # masks, not set operations:
@@ -491,9 +498,12 @@ class RecomputedShard(RowShard):
     (the same float64 distance and normalisation pieces).
 
     The rows the refinement screens and scores (those that pass the group bound, the members,
-    the candidates) are kept in a least-recently-used cache of ``cache_bytes``: from one dual
-    refresh to the next they are mostly the same rows, and recomputing them dominated a refresh
-    (at 1M × 5k, ~10,000 rows per shard pass the group bound; ~2 s each refresh without the cache).
+    the candidates) are kept in a cache of ``cache_bytes``: from one dual refresh to the next
+    they are mostly the same rows, and recomputing them dominated a refresh (at 1M × 5k, ~10,000
+    rows per shard pass the group bound; ~2 s each refresh without the cache). A miss takes the
+    slot of the row least recently used by an *earlier* refresh, never one read by the current
+    refresh, so a refresh that reads more rows than fit still hits on the rows that stayed
+    (plain LRU would evict them all within the refresh and hit on none).
 
     Parameters
     ----------
@@ -504,13 +514,14 @@ class RecomputedShard(RowShard):
     memory_bytes : int
         Budget for one block's temporaries (about 24 bytes per cost entry).
     cache_bytes : int, optional
-        Budget for the candidate-row cache (M·4 bytes per row; default ``memory_bytes``; 0 turns
-        it off). Filled only during refinement; :meth:`drop_row_cache` frees it.
+        Budget for the candidate-row cache (M·4 bytes per row; default twice ``memory_bytes``;
+        0 turns it off). Filled only during refinement; :meth:`drop_row_cache` frees it.
     device : str
         Where rows are recomputed (:mod:`goracs_ray.select.kernels`; the budget applies there).
 
     Memory: b·d·4 (embeddings) + b·(G·4 + 4) (group minima, cache slots) + ``memory_bytes`` +
-    ``cache_bytes``; time: each pass over the rows costs a (b × d) × (d × M) float64 product.
+    ``cache_bytes`` (3 × ``memory_bytes`` by default); time: each pass over the rows costs a
+    (b × d) × (d × M) float64 product.
     """
 
     def __init__(
@@ -537,21 +548,24 @@ class RecomputedShard(RowShard):
         if self.device == "cpu":
             self._valid64 = self.valid.astype(np.float64)
             self._valid_sq = np.einsum("ij,ij->i", self._valid64, self._valid64)
-        cache_bytes = memory_bytes if cache_bytes is None else cache_bytes
+        cache_bytes = 2 * memory_bytes if cache_bytes is None else cache_bytes
         self.cache_capacity = min(n_rows, int(cache_bytes // (4 * max(1, self.valid.shape[0]))))
-        self.cache_hits = self.cache_misses = 0
         self.drop_row_cache()
 
     def drop_row_cache(self) -> None:
         self._cache: np.ndarray | None = None  # (capacity, M) float32, allocated on first use
         self._slot = np.full(self.stop - self.start, -1, dtype=np.int32)  # row -> cache slot
         self._slot_row = np.full(self.cache_capacity, -1, dtype=np.int64)  # slot -> row
-        self._slot_used = np.zeros(self.cache_capacity, dtype=np.int64)  # slot -> last use
-        self._clock = 0
+        self._slot_used = np.zeros(self.cache_capacity, dtype=np.int64)  # slot -> last refresh
+        self.cache_hits = self.cache_misses = 0
 
     def cached_rows(self) -> int:
         """Rows held by the candidate-row cache now."""
         return int((self._slot_row >= 0).sum())
+
+    def row_cache_stats(self) -> dict[str, int]:
+        return {"capacity": self.cache_capacity, "held": self.cached_rows(),
+                "hits": self.cache_hits, "misses": self.cache_misses}  # fmt: skip
 
     def _candidate_rows(self, local: np.ndarray) -> np.ndarray:
         local = np.asarray(local, dtype=np.int64)
@@ -559,10 +573,10 @@ class RecomputedShard(RowShard):
             return self.block(local)
         if self._cache is None:
             self._cache = np.empty((self.cache_capacity, self.valid.shape[0]), dtype=np.float32)
-        self._clock += 1
+        clock = self.n_refreshes
         slots = self._slot[local]
         hit = slots >= 0
-        self._slot_used[slots[hit]] = self._clock
+        self._slot_used[slots[hit]] = clock
         out = np.empty((len(local), self.valid.shape[0]), dtype=np.float32)
         out[hit] = self._cache[slots[hit]]
         miss = np.flatnonzero(~hit)
@@ -570,8 +584,8 @@ class RecomputedShard(RowShard):
         self.cache_misses += len(miss)
         if len(miss):
             out[miss] = self.block(local[miss])
-            # evict the least recently used slots not read by this call (free slots first)
-            free = np.flatnonzero(self._slot_used < self._clock)
+            # free slots first, then the least recently used by an earlier refresh
+            free = np.flatnonzero(self._slot_used < clock)
             free = free[np.argsort(self._slot_used[free], kind="stable")][: len(miss)]
             gone = self._slot_row[free]
             self._slot[gone[gone >= 0]] = -1
@@ -579,7 +593,7 @@ class RecomputedShard(RowShard):
             self._cache[free] = out[kept]
             self._slot[local[kept]] = free
             self._slot_row[free] = local[kept]
-            self._slot_used[free] = self._clock
+            self._slot_used[free] = clock
         return out
 
     def _apply_scales(self, scales: CostScales) -> None:
