@@ -12,8 +12,9 @@ import pytest
 from goracs_ray.select.cost import cost_matrix
 from goracs_ray.select.itra import itra
 from goracs_ray.select.ot import solve_ot
+from goracs_ray.select.refine import dual_columns
 from goracs_ray.select.rowstore import PartsStore, memory_store, recomputed_store
-from goracs_ray.select.sharded import RecomputedShard
+from goracs_ray.select.sharded import CostShard, RecomputedShard
 
 
 def _mixture(seed: int, n_train: int, n_valid: int, dim: int = 8, k: int = 4):
@@ -71,6 +72,31 @@ def test_candidate_row_cache_gives_the_stored_rows_answers(capacity):
         assert shard.cache_hits > shard.cache_misses
     shard.drop_row_cache()
     assert shard.cached_rows() == 0
+
+
+def test_row_bound_from_active_column_groups_equals_the_full_row_bound():
+    """The screening's row test reads only the columns of each row's active groups and keeps
+    exactly the rows that the bound over the full row keeps (stored and recomputed rows)."""
+    train, valid, grads = _mixture(2, 900, 120, dim=6, k=6)
+    full = cost_matrix(train, valid, grads, lam=0.5)
+    members = np.arange(0, 900, 30)
+    sol = solve_ot(full.values[members].astype(np.float64))
+    duals = dual_columns(full.values[members].astype(np.float64), sol.u, members)
+    recomputed = RecomputedShard(train, valid, grads, start=0, memory_bytes=40_000)
+    recomputed.normalize(full.scales)
+    n = len(members)
+    margin = 1e-6 * (1.0 + np.abs(duals.f).max())
+    row_bound = ((full.values - duals.f.astype(np.float32)).min(axis=1) - margin) / n
+    ids = np.setdiff1d(np.arange(900), members)
+    for shard in (CostShard.from_cost(full.values), recomputed):
+        group_bound = shard._group_bounds(duals, n)
+        assert np.all(group_bound <= row_bound + 1e-12)  # a lower bound of the row bound
+        for q in (0.01, 0.05, 0.3):
+            threshold = float(np.quantile(row_bound[ids], q))
+            want = row_bound[ids] <= threshold
+            got = shard._may_pass_row_bound(ids, duals, n, threshold)
+            assert 0 < want.sum() < len(ids)
+            np.testing.assert_array_equal(got, want)
 
 
 def _reference_greedy32(cost: np.ndarray, n: int) -> list[int]:
