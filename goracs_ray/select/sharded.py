@@ -20,7 +20,9 @@ The driver (:class:`goracs_ray.select.rowstore.PartsStore`) reduces what the sha
   with the lower bound ``F(k) >= min_j (c_kj - f_j) / n`` (F is increasing in the R smallest
   reduced costs and ``(R - 1)/M < 1/n``), so most rows never need the O(M) partition. A coarser
   bound from per-row minima over G column groups, ``min_g (min_{j∈g} c_kj - max_{j∈g} f_j) / n``
-  (O(G) per row), screens first, so most rows are not even read.
+  (O(G) per row), screens first, so most rows are not even read; for a row that passes it, the
+  row bound reads only the columns of the groups within the threshold
+  (:meth:`RowShard._may_pass_row_bound`), and only rows passing both are read in full.
 
 ``device`` says where a shard computes cost rows and screening bounds
 (:mod:`goracs_ray.select.kernels`); pruning scores, greedy gains and the OT stay in numpy.
