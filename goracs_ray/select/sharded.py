@@ -387,11 +387,12 @@ class RowShard:
         Only the columns of a row's *active* groups are read: those whose group term
         ``(min_{j∈g} c_kj - max_{j∈g} f_j) / n`` is within the threshold. Every column of an
         inactive group has ``c_kj - f_j`` above it (in float32 too: rounding is monotone), so
-        the minimum over the active columns decides the test. A row passing the group bound has
-        a few active groups, so this reads a few % of its row instead of recomputing all M
-        costs. The threshold is relaxed by the rounding margin, so that costs recomputed for a
-        column subset (another summation order of the distance product) never drop a row that
-        the full row would keep; a row kept in excess is only scored exactly.
+        the minimum over the active columns decides the test, and a row is not recomputed in
+        full just to be screened out (at 1M × 5k: ≈ 39,000 → 2,200 rows read in full per
+        refresh, docs/scaling.md). The threshold is relaxed by the rounding margin, so that
+        costs recomputed for a column subset (another summation order of the distance product)
+        never drop a row that the full row would keep; a row kept in excess is only scored
+        exactly.
         """
         local = np.asarray(ids, dtype=np.int64) - self.start
         margin = self._margin(duals)
