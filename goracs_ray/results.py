@@ -39,6 +39,7 @@ __all__ = [
     "headroom",
     "log_headroom",
     "method_intervals",
+    "reference_against",
     "results_markdown",
     "results_table",
     "write_results",
@@ -48,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 FULL_DATA = "full_data"
 """Name of the arms fine-tuned on the whole training split (the reference row)."""
+
+REFERENCE = "goracs"
+"""The arm ``results.md`` compares with every other method at its budget (*GORACS against every
+method*): the default name of the GORACS arm in ``goracs bench``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,25 +181,59 @@ def method_intervals(
     return out
 
 
+def _paired_per_budget(
+    table: pa.Table | pd.DataFrame,
+    metric: str,
+    anchor: str,
+    root: Path | None,
+    *,
+    anchor_first: bool,
+    with_full_data: bool,
+) -> dict[tuple[str, int], Interval]:
+    """(method, budget) → paired Δ between each method and ``anchor`` at that budget:
+    ``anchor − method`` if ``anchor_first`` else ``method − anchor``."""
+    chosen, full = _split(table)
+    out = {}
+    for budget in sorted(set(chosen.budget)):
+        rows = chosen[chosen.budget == budget]
+        if with_full_data:
+            rows = pd.concat([rows, full])
+        base = rows[rows.method == anchor]
+        if base.empty:
+            continue
+        for name in dict.fromkeys(rows.method):
+            if name == anchor:
+                continue
+            own = rows[rows.method == name]
+            delta = (
+                _delta(base, own, metric, root) if anchor_first else _delta(own, base, metric, root)
+            )
+            if delta is not None:
+                out[name, int(budget)] = delta
+    return out
+
+
 def against_random(
     table: pa.Table, metric: str, *, root: Path | None = None
 ) -> dict[tuple[str, int], Interval]:
     """(method, budget) → paired ``method − random`` at that budget (seeds by value, samples by
     sample_id, :func:`goracs_ray.stats.paired_bootstrap`); the full-data row at every budget is
     the headroom. Empty without ``random`` arms."""
-    chosen, full = _split(table)
-    out = {}
-    for budget in sorted(set(chosen.budget)):
-        rows = pd.concat([chosen[chosen.budget == budget], full])
-        base = rows[rows.method == _BASELINE]
-        if base.empty:
-            continue
-        for name in dict.fromkeys(rows.method):
-            if name != _BASELINE:
-                delta = _delta(rows[rows.method == name], base, metric, root)
-                if delta is not None:
-                    out[name, int(budget)] = delta
-    return out
+    return _paired_per_budget(
+        table, metric, _BASELINE, root, anchor_first=False, with_full_data=True
+    )
+
+
+def reference_against(
+    table: pa.Table, metric: str, *, reference: str = REFERENCE, root: Path | None = None
+) -> dict[tuple[str, int], Interval]:
+    """(method, budget) → paired ``reference − method`` for every other method at a budget
+    where ``reference`` has arms (random included, full data not), paired as
+    :func:`against_random`: a positive Δ with a CI above 0 means the reference (GORACS) is
+    better than that method. Empty without ``reference`` arms."""
+    return _paired_per_budget(
+        table, metric, reference, root, anchor_first=True, with_full_data=False
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,31 +379,71 @@ def _budget_section(
     return lines
 
 
-def _against_random(table: pd.DataFrame, metric: str, root: Path | None) -> list[str]:
-    """The paired comparison to random on ``metric``, per method and budget, with a verdict."""
-    deltas = against_random(table, metric, root=root)
-    if not deltas:
-        return []
-    lines = [
-        f"## Against random ({metric}, paired by seed and test sample)",
-        "",
-        f"Δ = method − random on the same seeds (those both have) and the same test samples "
-        f"(by `sample_id`). 95 % CI: paired two-level bootstrap, {N_BOOT:,} replicates, each "
-        "resampling the test samples (one draw shared by every seed and both arms) and the "
-        "seeds with replacement; with one seed, over test samples only. Verdict: *better* / "
-        "*worse* only when the CI excludes 0 (lower-is-better metrics flipped), else *no "
-        "difference*. The full-data row is the headroom: a coreset method can only show a gain "
-        "where fine-tuning on more data does.",
-        "",
-        "| method | budget | mean Δ | 95 % CI | n (samples × seeds) | verdict |",
-        "|---|---:|---:|---|---:|---|",
-    ]
+_BOOTSTRAP_TEXT = (
+    f"95 % CI: paired two-level bootstrap, {N_BOOT:,} replicates, each resampling the test "
+    "samples (one draw shared by every seed and both arms) and the seeds with replacement; with "
+    "one seed, over test samples only."
+)
+
+
+def _delta_rows(deltas: Mapping[tuple[str, int], Interval]) -> list[str]:
+    """``| method | budget | mean Δ | 95 % CI | n (samples × seeds) | verdict |`` rows."""
+    lines = []
     for (name, budget), d in deltas.items():
         ci = f"[{d.low:+.4f}, {d.high:+.4f}]" if d.has_ci else "–"
         n = f"{d.n_samples} × {d.n_seeds}" if d.has_ci else f"– × {d.n_seeds}"
         word = verdict(d) if d.has_ci else "n/a (no per-sample predictions)"
         lines.append(f"| {name} | {budget} | {d.mean:+.4f} | {ci} | {n} | {word} |")
     return lines
+
+
+def _against_random(table: pd.DataFrame, metric: str, root: Path | None) -> list[str]:
+    """The paired comparison to random on ``metric``, per method and budget, with a verdict."""
+    deltas = against_random(table, metric, root=root)
+    if not deltas:
+        return []
+    return [
+        f"## Against random ({metric}, paired by seed and test sample)",
+        "",
+        f"Δ = method − random on the same seeds (those both have) and the same test samples "
+        f"(by `sample_id`). {_BOOTSTRAP_TEXT} Verdict: *better* / "
+        "*worse* only when the CI excludes 0 (lower-is-better metrics flipped), else *no "
+        "difference*. The full-data row is the headroom: a coreset method can only show a gain "
+        "where fine-tuning on more data does.",
+        "",
+        "| method | budget | mean Δ | 95 % CI | n (samples × seeds) | verdict |",
+        "|---|---:|---:|---|---:|---|",
+        *_delta_rows(deltas),
+    ]
+
+
+def _reference_section(table: pd.DataFrame, metric: str, root: Path | None) -> list[str]:
+    """``reference − method`` for every other method, at budgets with a method besides the
+    reference and random (with random alone it would repeat *Against random*)."""
+    chosen, _ = _split(table)
+    budgets = {
+        b for b, rows in chosen.groupby("budget")
+        if REFERENCE in set(rows.method) and set(rows.method) - {REFERENCE, _BASELINE}
+    }  # fmt: skip
+    deltas = {
+        key: d
+        for key, d in reference_against(table, metric, root=root).items()
+        if key[1] in budgets
+    }
+    if not deltas:
+        return []
+    return [
+        f"## {REFERENCE} against every method ({metric}, paired by seed and test sample)",
+        "",
+        f"Δ = {REFERENCE} − method, paired as in *Against random*. {_BOOTSTRAP_TEXT} Verdict "
+        f"for {REFERENCE}: *better* when the CI excludes 0 on its side (lower-is-better "
+        f"metrics flipped), *worse* on the other, else *no difference*: {REFERENCE} is at "
+        "least as good as every method where no row says *worse*.",
+        "",
+        f"| method | budget | {REFERENCE} − method | 95 % CI | n (samples × seeds) | verdict |",
+        "|---|---:|---:|---|---:|---|",
+        *_delta_rows(deltas),
+    ]
 
 
 def _headroom_section(table: pd.DataFrame, metric: str, root: Path | None) -> list[str]:
@@ -413,8 +492,9 @@ def results_markdown(
 ) -> str:
     """``results.md``: the headroom section, one table per budget (key metrics with 95 % CIs,
     best mean in bold, full data as reference), the paired comparison against random on
-    ``metric``, further ``sections`` (markdown lines, e.g. the POO premise), and the plots.
-    ``root``: base of relative ``predictions`` paths."""
+    ``metric``, then GORACS (:data:`REFERENCE`) against every other method, further
+    ``sections`` (markdown lines, e.g. the POO premise), and the plots. ``root``: base of
+    relative ``predictions`` paths."""
     frame = table.to_pandas()
     chosen, full = _split(frame)
     lines = [f"# {title}", "", *notes, ""]
@@ -423,9 +503,12 @@ def results_markdown(
         lines += [*room, ""]
     for budget in sorted(set(chosen.budget)):
         lines += [*_budget_section(chosen, full, budget, metric, root), ""]
-    comparison = _against_random(frame, metric, root)
-    if comparison:
-        lines += [*comparison, ""]
+    for comparison in (
+        _against_random(frame, metric, root),
+        _reference_section(frame, metric, root),
+    ):
+        if comparison:
+            lines += [*comparison, ""]
     if sections:
         lines += [*sections, ""]
     if plots:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -87,7 +88,7 @@ def test_markdown_without_predictions_falls_back_to_mean_std_and_bolds_the_stric
 
 def test_against_random_without_predictions_is_paired_by_seed_with_no_verdict():
     text = results_markdown(results_table(_arms()), metric="ndcg@10", title="t")
-    section = text[text.index("## Against random") :]
+    section = text[text.index("## Against random") : text.index("## goracs against")]
     # goracs − random = +0.05, +0.04, +0.03; grand − random = −0.05, +0.18, −0.04
     no_ci = ["–", "– × 3", "n/a (no per-sample predictions)"]
     assert _row(section, "goracs")[1:] == ["1024", "+0.0400", *no_ci]
@@ -96,6 +97,40 @@ def test_against_random_without_predictions_is_paired_by_seed_with_no_verdict():
     # the headroom: full data − random = +0.10, +0.08, +0.06
     assert _row(section, "full_data")[1:] == ["1024", "+0.0800", *no_ci]
     assert "**No headroom" not in text  # unknown without a CI: no warning
+    # GORACS against every method: goracs − grand = 0.16 − 0.15, goracs − random = 0.16 − 0.12
+    section = text[text.index("## goracs against every method") :]
+    assert _row(section, "grand")[1:] == ["1024", "+0.0100", *no_ci]
+    assert _row(section, "random")[1:] == ["1024", "+0.0400", *no_ci]
+    assert "| goracs |" not in section
+    assert "| full_data |" not in section
+
+
+def test_goracs_against_every_method_is_paired_with_verdicts_only_beside_other_baselines(tmp_path):
+    arms = _prediction_arms(tmp_path, full_shift=6)
+    text = results_markdown(results_table(arms), metric="ndcg@10", title="t")
+    section = text[text.index("## goracs against every method") :]
+    assert text.index("## Against random") < text.index("## goracs against every method")
+    for budget in ("64", "256"):
+        rows = [r for r in section.splitlines() if r.startswith("| grand ")]
+        grand = next(_row(r, "grand") for r in rows if _row(r, "grand")[1] == budget)
+        assert float(grand[2]) > 0  # goracs − grand: goracs ranks the target 6 places better
+        assert grand[4] == f"{_N} × 3"
+        assert grand[5] == "better"
+    assert _row(section, "random")[5] == "better"
+    # worse: the sign is goracs − method, so a method ahead of goracs reads "worse"
+    swapped = [
+        dataclasses.replace(
+            a, method={"goracs": "grand", "grand": "goracs"}.get(a.method, a.method)
+        )
+        for a in arms
+    ]
+    text = results_markdown(results_table(swapped), metric="ndcg@10", title="t")
+    assert _row(text[text.index("## goracs against every method") :], "grand")[5] == "worse"
+    # only random beside goracs: the section would repeat *Against random*
+    alone = [a for a in arms if a.method != "grand"]
+    assert "against every method" not in results_markdown(
+        results_table(alone), metric="ndcg@10", title="t"
+    )
 
 
 _N = 300  # test samples of the synthetic predictions
