@@ -84,12 +84,24 @@ _RESUMABLE_CHANGES = (
 )
 
 
-def _run_name(cfg: TrainConfig, task: Task, model: ModelConfig, samples: list[str]) -> str:
-    """Stable per (trajectory-defining config, task, model, sample ids): a rerun resumes."""
+def _run_name(
+    cfg: TrainConfig, task: Task, model: ModelConfig, samples: list[str], out_dir: Path
+) -> str:
+    """Stable per (trajectory-defining config, task, model, sample ids, ``out_dir``): a rerun of
+    the same call resumes. ``out_dir`` keeps two calls apart that train on the same samples
+    (two selection methods that chose the same coreset), which may run at the same time and
+    would otherwise write and prune the same Ray Train run's checkpoints."""
     fields = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
     model_fields = {k: v for k, v in to_dict(model).items() if k not in ("tiny", "seed", "path")}
     key = json.dumps(
-        [fields, model_fields, task.value, str(model.resolved_path.resolve()), samples],
+        [
+            fields,
+            model_fields,
+            task.value,
+            str(model.resolved_path.resolve()),
+            samples,
+            str(out_dir.resolve()),
+        ],
         sort_keys=True,
     )
     return "finetune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -161,7 +173,8 @@ def finetune(
     task : Task or str
         ``"seqrec"`` (causal-LM loss on the answer) or ``"ctr"`` (Yes/No 2-way loss).
     resume : bool
-        Continue the Ray run of an identical earlier call from its latest checkpoint (default);
+        Continue the Ray run of an identical earlier call (same ``out_dir`` too) from its latest
+        checkpoint (default);
         False deletes that run's local checkpoints first.
     overwrite : bool
         Replace an existing ``out_dir/adapter``.
@@ -207,7 +220,7 @@ def finetune(
     storage = cfg.storage_path or str(out_dir / "checkpoints")
     if "://" not in storage:  # Ray Train needs an absolute local path or a URI
         storage = str(Path(storage).resolve())
-    name = _run_name(cfg, task, model, [train_fp, valid_fp])
+    name = _run_name(cfg, task, model, [train_fp, valid_fp], out_dir)
     if not resume and "://" not in storage:
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
     logger.info(

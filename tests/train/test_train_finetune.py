@@ -150,6 +150,34 @@ def test_worker_killed_mid_epoch_deepspeed_restores_and_finishes(
     assert best == 0.0
 
 
+def test_ray_train_run_name_is_stable_per_call_and_apart_for_two_arms_on_one_coreset(
+    tmp_path, train_model_dir
+):
+    """The bench shares one Ray Train storage (``run_dir/ray_train``) between arms. Two methods
+    that chose the same coreset (GraNd and EL2N at budget 64 on CTR did) fine-tune on the same
+    samples with the same config at the same time: they must not share a run (its checkpoints
+    were written and pruned by both, and one arm died restoring a deleted one), while a rerun
+    of the same call keeps its name and resumes."""
+    from goracs_ray.data.schema import Task
+    from goracs_ray.train.finetune import _run_name
+
+    cfg, model = _cfg(tmp_path), _model(train_model_dir)
+    samples = ["train-fingerprint", "valid-fingerprint"]
+    grand = _run_name(cfg, Task.CTR, model, samples, tmp_path / "finetune/grand/b64-s0.part")
+    el2n = _run_name(cfg, Task.CTR, model, samples, tmp_path / "finetune/el2n/b64-s0.part")
+    again = _run_name(cfg, Task.CTR, model, samples, tmp_path / "finetune/grand/b64-s0.part")
+    assert grand != el2n
+    assert grand == again
+    assert grand.startswith("finetune-")
+    # what resumes may change (the epochs cap), what defines the trajectory may not
+    assert _run_name(_cfg(tmp_path, epochs=5), Task.CTR, model, samples, tmp_path / "a") == (
+        _run_name(cfg, Task.CTR, model, samples, tmp_path / "a")
+    )
+    assert _run_name(_cfg(tmp_path, lr=1e-3), Task.CTR, model, samples, tmp_path / "a") != (
+        _run_name(cfg, Task.CTR, model, samples, tmp_path / "a")
+    )
+
+
 def test_deepspeed_config_generation_and_user_json(tmp_path):
     cfg = deepspeed_config(2, micro_batch_size=4, grad_accum=3, grad_clip=0.5)
     assert cfg["zero_optimization"]["stage"] == 2
