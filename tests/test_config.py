@@ -99,6 +99,16 @@ def test_unknown_methods_are_refused_at_load(tmp_path):
         load_config(None, ["compare=[random, kcentre]"])
 
 
+def test_whole_sample_gradient_loss_is_refused_for_ctr_at_load():
+    """`features.loss_on: all` with CTR read the Yes/No logits at the first token: every sample
+    got the same loss and gradient norm (measured: 9.326 on all 18,323 samples), so GraNd,
+    EL2N and LESS chose the same coreset and GORACS's gradient term was a constant."""
+    with pytest.raises(ValueError, match=r"`features\.loss_on: all` applies to SeqRec only"):
+        load_config(None, ["data.task=ctr", "features.loss_on=all"])
+    assert load_config(None, ["features.loss_on=all"]).features.loss_on.value == "all"
+    assert load_config(None, ["data.task=ctr"]).features.loss_on.value == "response"
+
+
 def test_dry_run_lists_every_stage_without_running_anything(tmp_path, capsys):
     from goracs_ray.cli import main
 

@@ -48,7 +48,8 @@ class FeaturesConfig:
     LLaMA-layout forward, ≈ 2× faster, verified on the first batch), ``hooks_hf``, ``vmap`` or
     ``loop`` (slow)."""
     loss_on: LossOn = LossOn.RESPONSE
-    """Tokens in the SeqRec loss: the answer (default) or ``all``."""
+    """Tokens in the SeqRec loss: the answer (default) or ``all``. SeqRec only: the CTR loss is
+    the 2-way Yes/No answer (``all`` is refused there)."""
     max_length: int = 256
     """Tokens per sample; longer prompts lose their oldest tokens."""
     embedding: EmbeddingKind = EmbeddingKind.LLM_MEAN
@@ -110,6 +111,17 @@ class FeaturesConfig:
             raise ValueError("`grad_method: vmap` needs `attn_implementation: eager`")
         if not self.splits:
             raise ValueError("`splits` is empty; e.g. [train, valid]")
+
+    def check_task(self, task: str) -> None:
+        """Refuse settings that do not apply to ``task`` (``"seqrec"`` / ``"ctr"``), before any
+        work: ``loss_on: all`` with CTR would read the Yes/No logits at the first token, the
+        same for every sample, and give every sample the same loss and gradient norm."""
+        if str(getattr(task, "value", task)) == "ctr" and self.loss_on is LossOn.ALL:
+            raise ValueError(
+                "`features.loss_on: all` applies to SeqRec only: the CTR loss is the 2-way "
+                "Yes/No answer, so every sample would get the same gradient norm; set "
+                "`features.loss_on: response` (the default) for `data.task: ctr`"
+            )
 
     def _coerce_enums(self) -> None:
         """Accept plain strings for the enum fields (as YAML gives), naming a bad one."""
