@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
+from goracs_ray.data.schema import Task
 from goracs_ray.features.embed import EmbeddingKind
 from goracs_ray.features.grads import GradMethod
 from goracs_ray.features.projection import ProjectionKind
@@ -112,11 +113,11 @@ class FeaturesConfig:
         if not self.splits:
             raise ValueError("`splits` is empty; e.g. [train, valid]")
 
-    def check_task(self, task: str) -> None:
+    def check_task(self, task: Task | str) -> None:
         """Refuse settings that do not apply to ``task`` (``"seqrec"`` / ``"ctr"``), before any
         work: ``loss_on: all`` with CTR would read the Yes/No logits at the first token, the
         same for every sample, and give every sample the same loss and gradient norm."""
-        if str(getattr(task, "value", task)) == "ctr" and self.loss_on is LossOn.ALL:
+        if Task(task) is Task.CTR and self.loss_on is LossOn.ALL:
             raise ValueError(
                 "`features.loss_on: all` applies to SeqRec only: the CTR loss is the 2-way "
                 "Yes/No answer, so every sample would get the same gradient norm; set "

@@ -174,8 +174,7 @@ def finetune(
         ``"seqrec"`` (causal-LM loss on the answer) or ``"ctr"`` (Yes/No 2-way loss).
     resume : bool
         Continue the Ray run of an identical earlier call (same ``out_dir`` too) from its latest
-        checkpoint (default);
-        False deletes that run's local checkpoints first.
+        checkpoint (default); False deletes that run's local checkpoints first.
     overwrite : bool
         Replace an existing ``out_dir/adapter``.
     fault : FaultInjection, optional
