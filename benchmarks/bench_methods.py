@@ -1,9 +1,9 @@
 """Every selection method against GORACS: `goracs bench` on ml-100k SeqRec, figures as lines.
 
-Runs ``jobs/configs/bench_ml100k.yaml`` (13 methods at budget 256, random at 1024 and 4096 too,
-3 seeds, full-data reference, 20 extra random coresets for the POO study; every stage cached so a
-re-run costs seconds) or, with ``--quick``, its ``bench.quick`` variant (Ray Train start-up per
-arm dominates). Prints one ``name: value`` line per method (headline metric, mean ± std over
+Runs ``jobs/configs/bench_ml100k.yaml`` (14 methods at budget 256, 3 seeds; every stage cached so
+a re-run costs seconds), or another bench config with ``--config`` (its headroom and premise
+variants, the CTR ones), or with ``--quick`` the config's ``bench.quick`` variant (Ray Train
+start-up per arm dominates). The headroom and premise lines appear for configs that have them. Prints one ``name: value`` line per method (headline metric, mean ± std over
 seeds and its 95 % bootstrap CI over test samples and seeds), the total time, the headroom
 (full data − random per budget), the premise (Spearman ρ of POO with the valid loss over the
 study's coresets), and last the headline: GORACS minus random, paired by seed and test sample,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = [
+    "EXTENDS_KEY",
     "apply_overrides",
     "documented_yaml",
     "field_docs",
@@ -30,11 +31,32 @@ __all__ = [
 T = TypeVar("T")
 
 
+EXTENDS_KEY = "extends"
+"""Top-level key of a config YAML naming another config file (relative to this one) that it
+builds on: the other file is read first and this one's keys are laid over it."""
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping; raise ValueError naming the file if it is not one."""
-    p = Path(path)
+    """Read a YAML mapping, resolving ``extends: other.yaml`` chains; raise naming the file.
+
+    A file with ``extends: <path>`` (relative to the file) is the other file's mapping with this
+    file's keys merged over it: mappings merge key by key, recursively; any other value (a list,
+    a scalar, ``null``) replaces the inherited one. The result has no ``extends`` key.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path``, or a file it extends, does not exist.
+    ValueError
+        Not valid YAML, not a mapping, an ``extends`` that is not a path, or a cycle of extends.
+    """
+    return _load_yaml_chain(Path(path), ())
+
+
+def _load_yaml_chain(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not p.is_file():
-        raise FileNotFoundError(f"config file `{p}` does not exist")
+        extended_by = f" (extended by `{chain[-1]}`)" if chain else ""
+        raise FileNotFoundError(f"config file `{p}`{extended_by} does not exist")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -44,7 +66,31 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"config file `{p}` is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file `{p}` must contain a mapping at the top level")
-    return data
+    if EXTENDS_KEY not in data:
+        return data
+    base = data.pop(EXTENDS_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(
+            f"config file `{p}`: `{EXTENDS_KEY}` must be the path of another config file "
+            f"(relative to this one), got {base!r}"
+        )
+    here = p.resolve()
+    base_path = (here.parent / base).resolve()
+    if base_path in (*chain, here):
+        cycle = " → ".join(f"`{q.name}`" for q in (*chain, here, base_path))
+        raise ValueError(f"config file `{p}`: `{EXTENDS_KEY}` forms a cycle: {cycle}")
+    return _merge(_load_yaml_chain(base_path, (*chain, here)), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``: mappings merge recursively, everything else replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from goracs_ray.config import RunConfig, load_config
-from goracs_ray.configutil import documented_yaml, to_dict
+from goracs_ray.configutil import documented_yaml, load_yaml, to_dict
 
 REFERENCE = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "reference.yaml"
 
@@ -122,3 +122,47 @@ def test_dry_run_lists_every_stage_without_running_anything(tmp_path, capsys):
     assert len(names) == 3 + 3 * 3
     assert all(line.endswith("would run") for line in lines)
     assert not run_dir.exists()  # nothing written, no Ray started
+
+
+def test_extends_lays_a_config_over_the_one_it_names(tmp_path):
+    """`extends: base.yaml` (relative to the file): mappings merge key by key, lists, scalars and
+    null replace, chains resolve in order, and the result has no `extends` key."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "root.yaml").write_text(
+        "run_dir: runs/root\n"
+        "data: {max_users: 100, history_length: 5}\n"
+        "select: {lam: 0.1, max_iters: 50}\n"
+        "compare: [random, kcenter]\n"
+    )
+    (tmp_path / "shared" / "base.yaml").write_text(
+        "extends: root.yaml\ndata: {max_users: 200}\nselect: {lam: null}\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "extends: shared/base.yaml\nrun_dir: runs/child\ncompare: [grand]\nselect: {lam: 0.3}\n"
+    )
+    data = load_yaml(tmp_path / "child.yaml")
+    assert data == {
+        "run_dir": "runs/child",
+        "data": {"max_users": 200, "history_length": 5},
+        "select": {"lam": 0.3, "max_iters": 50},
+        "compare": ["grand"],
+    }
+    assert load_yaml(tmp_path / "shared" / "base.yaml")["select"] == {"lam": None, "max_iters": 50}
+    cfg = load_config(tmp_path / "child.yaml", ["data.max_users=7"])
+    assert (cfg.data.max_users, cfg.data.history_length, cfg.select.lam) == (7, 5, 0.3)
+
+
+def test_extends_refuses_cycles_missing_files_and_non_paths(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match=r"cycle: `a.yaml` → `b.yaml` → `a.yaml`"):
+        load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("extends: self.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_yaml(tmp_path / "self.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"gone.yaml` \(extended by `.*orphan.yaml`\)"):
+        load_yaml(tmp_path / "orphan.yaml")
+    (tmp_path / "list.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(ValueError, match="`extends` must be the path of another config file"):
+        load_yaml(tmp_path / "list.yaml")

@@ -289,34 +289,70 @@ def _default_config(name: str):
     return load_bench_config(Path(__file__).resolve().parents[2] / "jobs" / "configs" / name)
 
 
-def test_default_headroom_benchmark_arms_longest_first():
-    """jobs/configs/bench_ml100k_headroom.yaml: full data, then random at the headroom budgets
-    (largest first), then random at the selection budget; nothing else."""
+_TASK_CONFIGS = {
+    "seqrec": ("bench_ml100k", "bench_ml100k_headroom", "bench_ml100k_premise"),
+    "ctr": ("bench_ml100k_ctr", "bench_ml100k_ctr_headroom", "bench_ml100k_ctr_premise"),
+}
+"""Per task: the method comparison, its headroom and its premise study (jobs/configs/)."""
+
+
+@pytest.mark.parametrize("task", sorted(_TASK_CONFIGS))
+def test_default_headroom_benchmark_arms_longest_first(task):
+    """The headroom configs: full data, then random at the headroom budgets (largest first), then
+    random at the selection budget, 3+ seeds and 3+ budgets; nothing else."""
     from goracs_ray.bench import bench_arms
 
-    cfg = _default_config("bench_ml100k_headroom.yaml")
+    cfg = _default_config(f"{_TASK_CONFIGS[task][1]}.yaml")
+    assert cfg.data.task.value == task
     arms = bench_arms(cfg)
     seeds = cfg.bench.seeds
     assert len(seeds) >= 3
     assert len(cfg.bench.headroom_budgets) + len(cfg.bench.budgets) >= 3
+    assert max(cfg.bench.headroom_budgets) > max(cfg.bench.budgets)
     assert [a.name for a in arms[: len(seeds)]] == ["full_data"] * len(seeds)
     rest = arms[len(seeds) :]
     assert {a.name for a in rest} == {"random"}
-    budgets = [*cfg.bench.headroom_budgets, *cfg.bench.budgets]
-    assert [a.select.budget for a in rest] == sorted(
-        [b for b in budgets for _ in seeds], reverse=True
-    )
+    budgets = [*sorted(cfg.bench.headroom_budgets, reverse=True), *cfg.bench.budgets]
+    assert [a.select.budget for a in rest] == [b for b in budgets for _ in seeds]
     assert len({a.path for a in arms}) == len(arms)
 
 
-def test_default_method_benchmark_arms_methods_then_the_poo_study():
-    """jobs/configs/bench_ml100k.yaml: every method at the selection budget, then the extra random
-    coresets of the POO study, each fine-tuned with the first seed."""
+@pytest.mark.parametrize("task", sorted(_TASK_CONFIGS))
+def test_default_method_benchmark_arms_every_method_at_one_budget(task):
+    """The method configs: random, GORACS, its greedy stage and every baseline at one selection
+    budget, 3 seeds; no headroom arms and no premise study (their own configs have those)."""
+    from goracs_ray.bench import bench_arms
+    from goracs_ray.select.registry import available_selectors
+
+    cfg = _default_config(f"{_TASK_CONFIGS[task][0]}.yaml")
+    assert cfg.data.task.value == task
+    arms = bench_arms(cfg)
+    specs = cfg.bench.specs
+    assert not cfg.bench.full_data
+    assert not cfg.bench.headroom_budgets
+    assert cfg.bench.poo_correlation is None
+    assert len(cfg.bench.budgets) == 1
+    assert len(cfg.bench.seeds) >= 3
+    assert len(arms) == len(specs) * len(cfg.bench.seeds)
+    assert [m.name for m in specs[:3]] == ["random", "goracs", "goracs_greedy"]
+    assert list(dict.fromkeys(a.name for a in arms)) == [m.name for m in specs]
+    baselines = {m.method for m in specs} - {"random", "goracs", "goracs_greedy"}
+    assert len(baselines) >= 9, baselines
+    assert baselines <= set(available_selectors())
+    assert len({a.path for a in arms}) == len(arms)  # every arm has its own stage dirs
+
+
+@pytest.mark.parametrize("task", sorted(_TASK_CONFIGS))
+def test_default_premise_benchmark_every_method_then_20_random_coresets(task):
+    """The premise configs: every method of the method config at its budget (first seed), then
+    20+ extra random coresets of that budget, each fine-tuned with the first seed."""
     from goracs_ray.bench import bench_arms
 
-    cfg = _default_config("bench_ml100k.yaml")
+    methods_cfg = _default_config(f"{_TASK_CONFIGS[task][0]}.yaml")
+    cfg = _default_config(f"{_TASK_CONFIGS[task][2]}.yaml")
     arms = bench_arms(cfg)
-    seeds, specs = cfg.bench.seeds, cfg.bench.specs
+    seeds = cfg.bench.seeds
+    assert cfg.bench.specs == methods_cfg.bench.specs
     assert not cfg.bench.full_data
     assert not cfg.bench.headroom_budgets
     study = [a for a in arms if a.name == "poo_random"]
@@ -325,23 +361,26 @@ def test_default_method_benchmark_arms_methods_then_the_poo_study():
     assert {a.train_seed for a in study} == {seeds[0]}
     assert {a.select.budget for a in study} == {cfg.bench.poo_budget} == set(cfg.bench.budgets)
     methods = arms[: len(arms) - len(study)]
-    assert len(methods) == len(specs) * len(seeds) * len(cfg.bench.budgets)
-    assert list(dict.fromkeys(a.name for a in methods)) == [m.name for m in specs]
-    assert [m.name for m in specs[:2]] == ["random", "goracs"]
-    assert len({a.path for a in arms}) == len(arms)  # every arm has its own stage dirs
+    assert [a.name for a in methods] == [m.name for m in cfg.bench.specs] * len(seeds)
+    assert len({a.path for a in arms}) == len(arms)
 
 
-def test_default_benchmarks_share_one_substrate():
-    """The headroom and the method comparison must measure the same thing: identical data, model,
-    features, fine-tuning and evaluation settings, and the same selection budget and seeds."""
+@pytest.mark.parametrize("task", sorted(_TASK_CONFIGS))
+def test_default_benchmarks_of_a_task_share_one_substrate(task):
+    """The headroom, method and premise configs of a task measure the same thing: identical data,
+    model, features, fine-tuning and evaluation settings, the same selection budget and first
+    seed, and their own run dirs. CTR differs from SeqRec only in what the task needs."""
 
-    headroom = _default_config("bench_ml100k_headroom.yaml")
-    methods = _default_config("bench_ml100k.yaml")
-    for section in ("data", "model", "features", "select", "train", "eval"):
-        assert getattr(headroom, section) == getattr(methods, section), section
-    assert headroom.bench.budgets == methods.bench.budgets
-    assert headroom.bench.seeds == methods.bench.seeds
-    assert headroom.run_dir != methods.run_dir
+    methods, *others = (_default_config(f"{n}.yaml") for n in _TASK_CONFIGS[task])
+    for other in others:
+        for section in ("data", "model", "features", "select", "train", "eval"):
+            assert getattr(other, section) == getattr(methods, section), section
+        assert other.bench.budgets == methods.bench.budgets
+        assert other.bench.seeds[0] == methods.bench.seeds[0]
+    assert len({c.run_dir for c in (methods, *others)}) == 3
+    seqrec, ctr = (_default_config(f"{_TASK_CONFIGS[t][0]}.yaml") for t in ("seqrec", "ctr"))
+    assert (seqrec.model, seqrec.train) == (ctr.model, ctr.train)
+    assert dataclasses.replace(ctr.data, task=seqrec.data.task) == seqrec.data
 
 
 @pytest.mark.parametrize(
