@@ -83,7 +83,6 @@ class RunConfig:
         self.run_dir = os.fspath(self.run_dir)  # a URI must not go through Path ("s3:/b/x")
         from goracs_ray.select.registry import available_selectors
 
-        self.features.check_task(self.data.task)  # at load, before any stage runs
         methods = [self.select.method, *self.compare]
         if len(set(methods)) != len(methods):
             raise ValueError(

@@ -99,14 +99,18 @@ def test_unknown_methods_are_refused_at_load(tmp_path):
         load_config(None, ["compare=[random, kcentre]"])
 
 
-def test_whole_sample_gradient_loss_is_refused_for_ctr_at_load():
-    """`features.loss_on: all` with CTR read the Yes/No logits at the first token: every sample
-    got the same loss and gradient norm (measured: 9.326 on all 18,323 samples), so GraNd,
-    EL2N and LESS chose the same coreset and GORACS's gradient term was a constant."""
-    with pytest.raises(ValueError, match=r"`features\.loss_on: all` applies to SeqRec only"):
-        load_config(None, ["data.task=ctr", "features.loss_on=all"])
-    assert load_config(None, ["features.loss_on=all"]).features.loss_on.value == "all"
-    assert load_config(None, ["data.task=ctr"]).features.loss_on.value == "response"
+def test_whole_sample_gradient_loss_for_ctr_is_the_token_loss():
+    """`features.loss_on: all` with CTR: the gradients are of the causal-LM loss over the whole
+    sample (the reference's), so the loss is SeqRec's token loss; the answer-only CTR loss stays
+    the 2-way Yes/No one."""
+    from goracs_ray.data.schema import Task
+
+    ctr_all = load_config(None, ["data.task=ctr", "features.loss_on=all"]).features
+    assert ctr_all.loss_task(Task.CTR) is Task.SEQREC
+    ctr = load_config(None, ["data.task=ctr"]).features
+    assert ctr.loss_on.value == "response"
+    assert ctr.loss_task(Task.CTR) is Task.CTR
+    assert ctr_all.loss_task(Task.SEQREC) is Task.SEQREC
 
 
 def test_dry_run_lists_every_stage_without_running_anything(tmp_path, capsys):

@@ -465,7 +465,6 @@ def _prepare_out_dir(cfg, model, task, samples, out_dir: Path, overwrite: bool):
     if pool.num_rows == 0:
         raise ValueError(f"`samples` has no rows in splits {list(cfg.splits)}")
     task = _resolve_task(task, found)
-    cfg.check_task(task)
     fp = _fingerprint(cfg, model, task, pool)
     run_file = out_dir / "_run.json"
     if out_dir.exists() and overwrite:

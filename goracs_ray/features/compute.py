@@ -276,7 +276,7 @@ class FeatureComputer:
             self.model,
             batch,
             self.names,
-            task=self.task,
+            task=cfg.loss_task(self.task),
             token_ids=self.token_ids,
             with_hidden=self.encoder is None,
         )
@@ -296,7 +296,9 @@ class FeatureComputer:
                 with torch.no_grad():
                     base = self.model.get_base_model()
                     hidden = base.get_decoder()(input_ids=batch["input_ids"])[0]
-            emb = pool_hidden(hidden, token_mask(batch, self.task), cfg.embedding)
+            answers = torch.tensor([len(o) + (tok.eos_token_id is not None) for o in o_ids])
+            mask = token_mask(batch, self.task, answer_lengths=answers.to(device))
+            emb = pool_hidden(hidden, mask, cfg.embedding)
             out["embedding"] = emb.cpu().numpy()
         self.seconds["embedding"] += time.perf_counter() - t2
         return out

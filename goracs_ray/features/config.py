@@ -49,8 +49,9 @@ class FeaturesConfig:
     LLaMA-layout forward, ≈ 2× faster, verified on the first batch), ``hooks_hf``, ``vmap`` or
     ``loop`` (slow)."""
     loss_on: LossOn = LossOn.RESPONSE
-    """Tokens in the SeqRec loss: the answer (default) or ``all``. SeqRec only: the CTR loss is
-    the 2-way Yes/No answer (``all`` is refused there)."""
+    """Tokens in the loss the gradients are of: the answer (default; for CTR the 2-way Yes/No
+    loss) or ``all``: the causal-LM loss averaged over every token of the sample, prompt and
+    answer, as the reference computes it for both tasks (METHOD.md §6)."""
     max_length: int = 256
     """Tokens per sample; longer prompts lose their oldest tokens."""
     embedding: EmbeddingKind = EmbeddingKind.LLM_MEAN
@@ -113,16 +114,15 @@ class FeaturesConfig:
         if not self.splits:
             raise ValueError("`splits` is empty; e.g. [train, valid]")
 
-    def check_task(self, task: Task | str) -> None:
-        """Refuse settings that do not apply to ``task`` (``"seqrec"`` / ``"ctr"``), before any
-        work: ``loss_on: all`` with CTR would read the Yes/No logits at the first token, the
-        same for every sample, and give every sample the same loss and gradient norm."""
-        if Task(task) is Task.CTR and self.loss_on is LossOn.ALL:
-            raise ValueError(
-                "`features.loss_on: all` applies to SeqRec only: the CTR loss is the 2-way "
-                "Yes/No answer, so every sample would get the same gradient norm; set "
-                "`features.loss_on: response` (the default) for `data.task: ctr`"
-            )
+    def loss_task(self, task: Task | str) -> Task:
+        """The loss of the gradients and per-sample losses, as the ``task`` argument of
+        :func:`~goracs_ray.features.grads.per_sample_grads`: ``task`` itself, except CTR with
+        ``loss_on: all``, whose loss is the causal-LM loss over the whole sample (the SeqRec
+        loss on labels that cover every token) rather than the 2-way Yes/No answer loss."""
+        task = Task(task)
+        if task is Task.CTR and self.loss_on is LossOn.ALL:
+            return Task.SEQREC
+        return task
 
     def _coerce_enums(self) -> None:
         """Accept plain strings for the enum fields (as YAML gives), naming a bad one."""

@@ -30,11 +30,25 @@ class EmbeddingKind(str, enum.Enum):
     """A sentence encoder (HF AutoModel + masked mean pooling; default all-MiniLM-L6-v2)."""
 
 
-def token_mask(batch: dict[str, torch.Tensor], task: Task | str) -> torch.Tensor:
-    """(B, T) bool: tokens to embed — all real tokens (SeqRec) or the prompt only (CTR)."""
+def token_mask(
+    batch: dict[str, torch.Tensor],
+    task: Task | str,
+    *,
+    answer_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, T) bool: tokens to embed — all real tokens (SeqRec) or the prompt only (CTR).
+
+    The CTR prompt is every real token before the answer: before the last ``answer_lengths``
+    (B,) int64 real tokens of each right-padded row when given (whatever the labels cover, e.g.
+    ``loss_on: all``), else the unlabelled ones (labels on the answer only).
+    """
     mask = batch["attention_mask"].bool()
     if Task(task) is Task.CTR:
-        mask = mask & (batch["labels"] == -100)
+        if answer_lengths is None:
+            return mask & (batch["labels"] == -100)
+        prompt_end = mask.sum(1) - answer_lengths  # (B,)
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        return mask & (positions[None, :] < prompt_end[:, None])
     return mask
 
 

@@ -81,6 +81,39 @@ def test_computer_output_and_batching_invariance(tiny_model_dir, task):
     assert json.loads(c.schema.metadata[SECONDS_METADATA_KEY])["projection"] == 0.0
 
 
+def test_ctr_whole_sample_loss_is_the_token_loss_over_prompt_and_answer(tiny_model_dir):
+    """CTR with `loss_on: all` (the reference's CTR gradients, METHOD.md §6): each sample's loss
+    is the causal-LM loss averaged over every token, prompt and answer, of one plain forward;
+    the norms vary across samples (they once were one constant: the Yes/No logits read at the
+    first token) and differ from the answer-only ones; the LLM embedding stays the prompt's."""
+    from goracs_ray.models.losses import causal_lm_loss
+    from goracs_ray.models.text import tokenize_samples
+
+    ids, splits, prompts, outputs = _rows(10, "ctr")
+    model = ModelConfig(path=tiny_model_dir)
+    whole_cfg = FeaturesConfig(max_length=128, loss_on="all")
+    whole_fc = FeatureComputer(whole_cfg, model, "ctr", tiny_model_dir, None)
+    whole = whole_fc.compute(ids, splits, prompts, outputs)
+    answer = FeatureComputer(FeaturesConfig(max_length=128), model, "ctr", tiny_model_dir, None)
+    answer = answer.compute(ids, splits, prompts, outputs)
+
+    batch = tokenize_samples(whole_fc.tokenizer, prompts, outputs, max_length=128, loss_on="all")
+    with torch.no_grad():
+        logits = whole_fc.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    expected = causal_lm_loss(logits, batch["labels"]).numpy()
+    np.testing.assert_allclose(whole["loss"].to_numpy(), expected, rtol=1e-4)
+    assert (batch["labels"] != -100).sum(1).min() > 5  # the prompt is in the loss
+
+    norms = whole["grad_norm"].to_numpy()
+    assert np.ptp(norms) > 1e-3 * norms.mean()
+    assert not np.allclose(norms, answer["grad_norm"].to_numpy(), rtol=1e-2)
+    assert not np.allclose(whole["loss"].to_numpy(), answer["loss"].to_numpy(), rtol=1e-2)
+    emb = [np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (whole, answer)]
+    np.testing.assert_allclose(emb[0], emb[1], rtol=1e-5, atol=1e-6)
+
+
 def test_ctr_embeds_prompt_only():
     batch = {
         "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
@@ -92,6 +125,9 @@ def test_ctr_embeds_prompt_only():
     assert pool_hidden(hidden, mask, "llm_mean").item() == 1.0
     assert pool_hidden(hidden, mask, "llm_last").item() == 2.0
     assert pool_hidden(hidden, token_mask(batch, "seqrec"), "llm_mean").item() == 1.5
+    whole = {**batch, "labels": torch.tensor([[-100, 5, 6, 7, -100]])}  # `loss_on: all`
+    answer_length = torch.tensor([1])
+    assert token_mask(whole, "ctr", answer_lengths=answer_length).tolist() == mask.tolist()
     assert embedding_texts(["p"], ["o"], "ctr") == ["p"]
     assert embedding_texts(["p"], ["o"], "seqrec") == ["po"]
 
