@@ -3,11 +3,12 @@
 Runs ``jobs/configs/bench_ml100k.yaml`` (14 methods at budget 256, 3 seeds; every stage cached so
 a re-run costs seconds), or another bench config with ``--config`` (its headroom and premise
 variants, the CTR ones), or with ``--quick`` the config's ``bench.quick`` variant (Ray Train
-start-up per arm dominates). The headroom and premise lines appear for configs that have them. Prints one ``name: value`` line per method (headline metric, mean ± std over
-seeds and its 95 % bootstrap CI over test samples and seeds), the total time, the headroom
-(full data − random per budget), the premise (Spearman ρ of POO with the valid loss over the
-study's coresets), and last the headline: GORACS minus random, paired by seed and test sample,
-with its 95 % CI and verdict (the largest budget; smaller ones just before).
+start-up per arm dominates). Prints one ``name: value`` line per method (headline metric, mean ±
+std over seeds and its 95 % bootstrap CI over test samples and seeds), the total time, the
+headroom (full data − random per budget) and the premise (Spearman ρ of POO with the valid loss
+over the study's coresets) for configs that have them, and last the headline: GORACS minus random,
+paired by seed and test sample, with its 95 % CI and verdict (the largest budget; smaller ones
+just before).
 
 Usage: PYTHONPATH=. python benchmarks/bench_methods.py [--quick] [--config PATH]
 """
