@@ -156,17 +156,25 @@ def test_extends_lays_a_config_over_the_one_it_names(tmp_path):
     assert (cfg.data.max_users, cfg.data.history_length, cfg.select.lam) == (7, 5, 0.3)
 
 
-def test_extends_refuses_cycles_missing_files_and_non_paths(tmp_path):
-    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
-    with pytest.raises(ValueError, match=r"cycle: `a.yaml` → `b.yaml` → `a.yaml`"):
+@pytest.mark.parametrize(
+    ("files", "error", "match"),
+    [
+        (
+            {"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"},
+            ValueError,
+            r"cycle: `a.yaml` → `b.yaml` → `a.yaml`",
+        ),
+        ({"a.yaml": "extends: a.yaml\n"}, ValueError, r"cycle: `a.yaml` → `a.yaml`"),
+        (
+            {"a.yaml": "extends: gone.yaml\n"},
+            FileNotFoundError,
+            r"gone.yaml` \(extended by `.*a.yaml`\) does not exist",
+        ),
+        ({"a.yaml": "extends: [b.yaml]\n"}, ValueError, "`extends` must be the path of another"),
+    ],
+)
+def test_extends_refuses_cycles_missing_files_and_non_paths(tmp_path, files, error, match):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(error, match=match):
         load_yaml(tmp_path / "a.yaml")
-    (tmp_path / "self.yaml").write_text("extends: self.yaml\n")
-    with pytest.raises(ValueError, match="cycle"):
-        load_yaml(tmp_path / "self.yaml")
-    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
-    with pytest.raises(FileNotFoundError, match=r"gone.yaml` \(extended by `.*orphan.yaml`\)"):
-        load_yaml(tmp_path / "orphan.yaml")
-    (tmp_path / "list.yaml").write_text("extends: [a.yaml]\n")
-    with pytest.raises(ValueError, match="`extends` must be the path of another config file"):
-        load_yaml(tmp_path / "list.yaml")
