@@ -296,8 +296,10 @@ class FeatureComputer:
                 with torch.no_grad():
                     base = self.model.get_base_model()
                     hidden = base.get_decoder()(input_ids=batch["input_ids"])[0]
-            answers = torch.tensor([len(o) + (tok.eos_token_id is not None) for o in o_ids])
-            mask = token_mask(batch, self.task, answer_lengths=answers.to(device))
+            # the answer as pack_token_ids lays it out: output + EOS, capped with room for BOS
+            cap = cfg.max_length - (tok.bos_token_id is not None) - 1
+            ends = [min(len(o) + (tok.eos_token_id is not None), cap) for o in o_ids]
+            mask = token_mask(batch, self.task, answer_lengths=torch.tensor(ends, device=device))
             emb = pool_hidden(hidden, mask, cfg.embedding)
             out["embedding"] = emb.cpu().numpy()
         self.seconds["embedding"] += time.perf_counter() - t2

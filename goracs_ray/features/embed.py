@@ -38,14 +38,14 @@ def token_mask(
 ) -> torch.Tensor:
     """(B, T) bool: tokens to embed — all real tokens (SeqRec) or the prompt only (CTR).
 
-    The CTR prompt is every real token before the answer: before the last ``answer_lengths``
-    (B,) int64 real tokens of each right-padded row when given (whatever the labels cover, e.g.
-    ``loss_on: all``), else the unlabelled ones (labels on the answer only).
+    The CTR prompt is every real token of a right-padded row before its last ``answer_lengths``
+    (B,) int64 ones (the answer, with EOS), whatever the labels cover (``loss_on: all`` labels
+    the prompt too); required for CTR.
     """
     mask = batch["attention_mask"].bool()
     if Task(task) is Task.CTR:
         if answer_lengths is None:
-            return mask & (batch["labels"] == -100)
+            raise ValueError("`answer_lengths` is required for task `ctr`: the answer's tokens")
         prompt_end = mask.sum(1) - answer_lengths  # (B,)
         positions = torch.arange(mask.shape[1], device=mask.device)
         return mask & (positions[None, :] < prompt_end[:, None])

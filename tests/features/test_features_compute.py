@@ -119,15 +119,16 @@ def test_ctr_embeds_prompt_only():
         "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
         "labels": torch.tensor([[-100, -100, -100, 7, -100]]),
     }
-    mask = token_mask(batch, "ctr")
+    mask = token_mask(batch, "ctr", answer_lengths=torch.tensor([1]))
     assert mask.tolist() == [[True, True, True, False, False]]
     hidden = torch.arange(5.0).view(1, 5, 1)
     assert pool_hidden(hidden, mask, "llm_mean").item() == 1.0
     assert pool_hidden(hidden, mask, "llm_last").item() == 2.0
     assert pool_hidden(hidden, token_mask(batch, "seqrec"), "llm_mean").item() == 1.5
     whole = {**batch, "labels": torch.tensor([[-100, 5, 6, 7, -100]])}  # `loss_on: all`
-    answer_length = torch.tensor([1])
-    assert token_mask(whole, "ctr", answer_lengths=answer_length).tolist() == mask.tolist()
+    assert token_mask(whole, "ctr", answer_lengths=torch.tensor([1])).tolist() == mask.tolist()
+    with pytest.raises(ValueError, match="`answer_lengths` is required"):
+        token_mask(batch, "ctr")
     assert embedding_texts(["p"], ["o"], "ctr") == ["p"]
     assert embedding_texts(["p"], ["o"], "seqrec") == ["po"]
 
