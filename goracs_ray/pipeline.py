@@ -191,6 +191,9 @@ class Arm:
     """What the coreset depends on (its cache key; worker counts and the like excluded)."""
     train_seed: int = 0
     """Seed of the fine-tuning (LoRA init, data order, dropout)."""
+    max_epochs: int | None = None
+    """Epoch cap of this arm's fine-tuning (None: ``train.epochs``); `goracs bench` sets it on
+    the full-data arms from ``bench.full_data_epochs``."""
 
 
 def selection_arm(
@@ -283,6 +286,8 @@ def run_arm(graph: StageGraph, cfg: RunConfig, inputs: Inputs, arm: Arm) -> ArmR
 
     task, samples_dir = cfg.data.task, inputs.samples_dir
     train_cfg = dataclasses.replace(inputs.train_cfg, seed=arm.train_seed)
+    if arm.max_epochs is not None:
+        train_cfg = dataclasses.replace(train_cfg, epochs=min(train_cfg.epochs, arm.max_epochs))
     sel_dir = graph.run_dir / "select" / arm.path
     if arm.select is not None:
         select_cfg = arm.select

@@ -104,6 +104,10 @@ class BenchSettings:
     """Seeds; each arm uses its seed for both the selection and the fine-tuning."""
     full_data: bool = True
     """Also fine-tune on the whole training split (one row per seed): the reference."""
+    full_data_epochs: int | None = None
+    """Epoch cap of the full-data arms (None: ``train.epochs``, as every other arm). The
+    full-data fine-tune is by far the longest arm; capped while its valid loss still falls, its
+    row is a lower bound on what full data reaches, so headroom it shows is there at least."""
     parallel_arms: int = 2
     """Arms (select → fine-tune → evaluate chains) run at the same time. Ray Train start-up is
     mostly waiting, so 2 overlap well even on a 2-core machine; use more on a cluster."""
@@ -135,6 +139,10 @@ class BenchSettings:
             raise ValueError(
                 f"`bench.headroom_budgets` must be distinct integers ≥ 1 not in `bench.budgets`, "
                 f"got {self.headroom_budgets}"
+            )
+        if self.full_data_epochs is not None and self.full_data_epochs < 1:
+            raise ValueError(
+                f"`bench.full_data_epochs` must be ≥ 1 or null, got {self.full_data_epochs}"
             )
         if self.headroom_budgets and "random" not in [m.name for m in self.methods]:
             raise ValueError("`bench.headroom_budgets` needs `random` among `bench.methods`")

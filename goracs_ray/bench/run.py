@@ -78,7 +78,16 @@ def bench_arms(cfg: BenchConfig) -> list[Arm]:
     bench = cfg.bench
     arms = []
     if bench.full_data:
-        arms += [Arm(FULL_DATA, f"{FULL_DATA}/s{s}", None, train_seed=s) for s in bench.seeds]
+        arms += [
+            Arm(
+                FULL_DATA,
+                f"{FULL_DATA}/s{s}",
+                None,
+                train_seed=s,
+                max_epochs=bench.full_data_epochs,
+            )
+            for s in bench.seeds
+        ]
 
     def arm(spec: MethodSpec, budget: int, seed: int, train_seed: int, name: str = "") -> Arm:
         name = name or spec.name
@@ -220,5 +229,7 @@ def _notes(cfg: BenchConfig, card: dict, n_train: int) -> list[str]:
         f"estimator {cfg.select.estimator.value}",
     ]
     if cfg.bench.full_data:
-        lines.append(f"- `{FULL_DATA}`: fine-tuned on all {n_train} training samples")
+        cap = cfg.bench.full_data_epochs
+        capped = f", at most {cap} epoch(s)" if cap is not None and cap < cfg.train.epochs else ""
+        lines.append(f"- `{FULL_DATA}`: fine-tuned on all {n_train} training samples{capped}")
     return lines

@@ -399,3 +399,43 @@ def test_bench_settings_reject_bad_headroom_and_poo_study(bench, match):
 
     with pytest.raises(ValueError, match=match):
         from_dict(BenchSettings, bench)
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(None, 20), (4, 4), (50, 20)])
+def test_full_data_epochs_caps_only_the_full_data_fine_tunes(tmp_path, monkeypatch, cap, expected):
+    """`bench.full_data_epochs` reaches the full-data arms' fine-tuning (never above
+    `train.epochs`); the selection arms keep `train.epochs`."""
+    import goracs_ray.train
+    from goracs_ray.bench import bench_arms
+    from goracs_ray.pipeline import Inputs, run_arm
+    from goracs_ray.stages import StageGraph
+
+    cfg = _default_config("bench_ml100k_headroom.yaml")
+    cfg = dataclasses.replace(cfg, bench=dataclasses.replace(cfg.bench, full_data_epochs=cap))
+    assert cfg.train.epochs == 20
+    arms = bench_arms(cfg)
+    assert {a.max_epochs for a in arms if a.name == "full_data"} == {cap}
+    assert {a.max_epochs for a in arms if a.name != "full_data"} == {None}
+
+    seen = []
+
+    def fake_finetune(train_cfg, **_):
+        seen.append(train_cfg.epochs)
+        raise RuntimeError("stop after reading the config")
+
+    monkeypatch.setattr(goracs_ray.train, "finetune", fake_finetune)
+    inputs = Inputs(
+        tmp_path, cfg.model, tmp_path, {"prepare": "p", "model": "m", "adapter": None}, cfg.train
+    )
+    graph = StageGraph(tmp_path / "run")
+    for arm in (arms[0], dataclasses.replace(arms[0], max_epochs=None)):
+        with pytest.raises(RuntimeError, match="stop after"):
+            run_arm(graph, cfg, inputs, arm)
+    assert seen == [expected, 20]
+
+
+def test_full_data_epochs_must_be_positive():
+    from goracs_ray.bench.config import BenchSettings
+
+    with pytest.raises(ValueError, match="full_data_epochs"):
+        BenchSettings(full_data_epochs=0)
